@@ -1,0 +1,6 @@
+from flowhost import tool
+
+
+@tool
+def answer_statement(question: str) -> str:
+    return f"You said: {question.strip()}"

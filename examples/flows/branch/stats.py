@@ -1,0 +1,6 @@
+from flowhost import tool
+
+
+@tool
+def stats(question: str) -> dict:
+    return {"words": len(question.split())}

@@ -1,0 +1,121 @@
+"""The ``flowhost`` command: serve, run, validate, db."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flowhost.config import Settings
+from flowhost.exceptions import FlowDefinitionError, FlowhostError
+
+__all__ = ["main"]
+
+
+def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--input")
+        try:
+            out[key] = json.loads(value) if value[:1] in "[{" else value
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"{key}: {exc}", param_hint="--input") from None
+    return out
+
+
+@click.group()
+@click.version_option(package_name="flowhost")
+def main() -> None:
+    """Serve LLM application flows as HTTP services."""
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
+@click.option("--host", help="bind address [env FLOWHOST_HOST; 127.0.0.1]")
+@click.option("--port", type=int, help="port [env FLOWHOST_PORT; 8000]")
+@click.option("--token", help="require this bearer token [env FLOWHOST_TOKEN]")
+@click.option("--default-app", help="app served at / and /run [env FLOWHOST_DEFAULT_APP]")
+@click.option("--workers", type=int, help="worker processes [env FLOWHOST_WORKERS; 1]")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="local data [./.flowhost]")
+@click.option("--database-url", help="sessions database URL [env FLOWHOST_DATABASE_URL; SQLite]")
+@click.option("--service-name", help="table name suffix [the served folder's name]")
+@click.option("--history/--no-history", default=None, help="keep chat history [on]")
+@click.option("--max-body-bytes", type=int, help="request body limit [10 MiB]")
+@click.option("--node-timeout", type=float, help="per-node timeout in seconds [600]")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(path: Path | None, **options: Any) -> None:
+    """Serve the flow folder (or folder of flow folders) PATH."""
+    overrides = {k: v for k, v in options.items() if v is not None}
+    if path is not None:
+        overrides["flows"] = path
+    try:
+        settings = Settings(**overrides)
+    except Exception as exc:  # pydantic.ValidationError: name the bad option
+        raise click.ClickException(str(exc)) from None
+    from flowhost.server.run import serve as run_server
+
+    try:
+        run_server(settings)
+    except FlowDefinitionError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@main.command()
+@click.argument("flow", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--input", "-i", "inputs", multiple=True, help="KEY=VALUE (JSON for lists/objects)")
+@click.option("--events", is_flag=True, help="print every run event as a JSON line")
+def run(flow: Path, inputs: tuple[str, ...], events: bool) -> None:
+    """Run FLOW once in-process and print its outputs."""
+    from dataclasses import asdict
+
+    from flowhost.apps import AppRegistry
+    from flowhost.engine.events import RunFailed, RunFinished
+    from flowhost.service import RunRequest, RunService
+    from flowhost.wire.sse import dumps
+
+    given = _parse_inputs(inputs)
+
+    async def go() -> int:
+        apps = AppRegistry.load(flow)
+        svc = RunService(apps, Settings(history=False))
+        try:
+            prepared = await svc.prepare(RunRequest(app_id=None, inputs=given, protocol="cli"))
+            async for ev in prepared.events():
+                if events:
+                    click.echo(dumps(asdict(ev)))
+                elif isinstance(ev, RunFinished):
+                    click.echo(dumps(ev.outputs, compact=False))
+                if isinstance(ev, RunFailed):
+                    click.echo(f"Error: {ev.error.message}", err=True)
+                    return 1
+            return 0
+        finally:
+            await next(iter(apps.apps.values())).services.llm.aclose()
+
+    try:
+        code = asyncio.run(go())
+    except FlowhostError as exc:
+        raise click.ClickException(exc.message) from None
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("flow", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def validate(flow: Path) -> None:
+    """Check FLOW (or a folder of flows): schema, references, cycles, sources, templates."""
+    from flowhost.apps import AppRegistry
+
+    try:
+        apps = AppRegistry.load(flow, env={})
+    except FlowDefinitionError as exc:
+        raise click.ClickException(exc.message) from None
+    for app in apps.apps.values():
+        f = app.flow
+        click.echo(f"ok  {app.app_id}: {len(f.nodes)} nodes, inputs {list(f.spec.inputs)}, "
+                   f"outputs {list(f.spec.outputs)}" + (" (chat)" if f.is_chat else ""))

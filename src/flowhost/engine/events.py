@@ -1,0 +1,184 @@
+"""The run-event vocabulary: the only output of a run.
+
+The engine turns one flow execution into an ordered stream of these events; every wire protocol is
+a pure translator from this stream to bytes, and storage and tracing are sinks on the same stream.
+The set is closed: adding an event means updating every adapter (mypy checks the matches).
+
+Order guarantees for one run:
+  RunStarted, then per node NodeStarted -> (NodeDelta*) -> NodeFinished | NodeFailed, or NodeSkipped;
+  OutputDelta* for streamed outputs and OutputReady once per output, as soon as it is known;
+  last, exactly one of RunFinished | RunFailed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "ErrorInfo",
+    "ModelUsage",
+    "NodeDelta",
+    "NodeFailed",
+    "NodeFinished",
+    "NodeSkipped",
+    "NodeStarted",
+    "OutputDelta",
+    "OutputReady",
+    "RunEvent",
+    "RunFailed",
+    "RunFinished",
+    "RunStarted",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUsage:
+    """Tokens spent on one model during a run (summed over its calls)."""
+
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """What went wrong, in a form every protocol can render.
+
+    :ivar code: stable error name (``NodeFailed``, ``NodeTimeout``, ``LLMError``, ``RunCanceled``...).
+    :ivar message: human-readable message; never contains secrets or stack traces.
+    :ivar node: the failing node's name, when a node failed.
+    :ivar status: the HTTP status a non-streaming response should carry.
+    """
+
+    code: str
+    message: str
+    node: str | None = None
+    status: int = 500
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.node is not None:
+            d["node"] = self.node
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    run_id: str
+    app_id: str
+    timestamp: float
+    trace_id: str = ""
+    kind: Literal["RunStarted"] = "RunStarted"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStarted:
+    run_id: str
+    node: str
+    node_type: str
+    timestamp: float
+    kind: Literal["NodeStarted"] = "NodeStarted"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDelta:
+    """A streamed fragment of a node's output (LLM token chunk or generator item)."""
+
+    run_id: str
+    node: str
+    delta: str
+    timestamp: float
+    kind: Literal["NodeDelta"] = "NodeDelta"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFinished:
+    run_id: str
+    node: str
+    node_type: str
+    output: Any
+    duration: float
+    timestamp: float
+    usage: tuple[ModelUsage, ...] = ()
+    inputs: dict[str, Any] = field(default_factory=dict)
+    kind: Literal["NodeFinished"] = "NodeFinished"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFailed:
+    run_id: str
+    node: str
+    node_type: str
+    error: ErrorInfo
+    duration: float
+    timestamp: float
+    kind: Literal["NodeFailed"] = "NodeFailed"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSkipped:
+    """The node's ``activate`` condition was false, or it depends on a skipped node."""
+
+    run_id: str
+    node: str
+    node_type: str
+    timestamp: float
+    kind: Literal["NodeSkipped"] = "NodeSkipped"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputDelta:
+    """A streamed fragment of flow output ``name`` (the output references a streaming node)."""
+
+    run_id: str
+    name: str
+    delta: str
+    timestamp: float
+    kind: Literal["OutputDelta"] = "OutputDelta"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputReady:
+    """Flow output ``name`` is complete. ``streamed`` says whether OutputDeltas preceded it."""
+
+    run_id: str
+    name: str
+    value: Any
+    streamed: bool
+    timestamp: float
+    kind: Literal["OutputReady"] = "OutputReady"
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    run_id: str
+    outputs: dict[str, Any]
+    usage: tuple[ModelUsage, ...]
+    duration: float
+    timestamp: float
+    kind: Literal["RunFinished"] = "RunFinished"
+
+
+@dataclass(frozen=True, slots=True)
+class RunFailed:
+    run_id: str
+    error: ErrorInfo
+    duration: float
+    timestamp: float
+    usage: tuple[ModelUsage, ...] = ()
+    kind: Literal["RunFailed"] = "RunFailed"
+
+
+RunEvent = (
+    RunStarted
+    | NodeStarted
+    | NodeDelta
+    | NodeFinished
+    | NodeFailed
+    | NodeSkipped
+    | OutputDelta
+    | OutputReady
+    | RunFinished
+    | RunFailed
+)

@@ -1,0 +1,228 @@
+"""Run a flow: ``execute(flow, inputs, ctx, services) -> AsyncIterator[RunEvent]``.
+
+Every node gets a task at the start; a node waits for the nodes it references, then runs, so ready
+nodes always run concurrently. Node tasks report through one queue that this generator drains, so
+events leave in the order they happened. The first node failure cancels the rest and ends the run
+with RunFailed. Closing the generator (the client went away) cancels every node task, and with
+them their in-flight LLM requests, and waits for them: no task outlives the run.
+
+Skipping follows promptflow: a node is skipped when its ``activate`` condition is false (or refers
+to a skipped node), or when it references other nodes and all of them were skipped. A reference
+to a skipped node reads as None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from flowhost.engine.context import RunContext, set_run_context
+from flowhost.engine.events import (
+    ErrorInfo,
+    ModelUsage,
+    NodeDelta,
+    NodeFailed,
+    NodeFinished,
+    NodeSkipped,
+    NodeStarted,
+    OutputDelta,
+    OutputReady,
+    RunEvent,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+)
+from flowhost.exceptions import FlowhostError, NodeError, NodeTimeout
+from flowhost.flows.loader import CompiledNode, Flow
+from flowhost.flows.spec import Reference
+from flowhost.nodes.base import NodeRuntime, NodeServices
+
+__all__ = ["DEFAULT_NODE_TIMEOUT", "execute", "sum_usage"]
+
+DEFAULT_NODE_TIMEOUT = 600.0
+_SKIPPED = object()
+
+
+def sum_usage(usages: list[ModelUsage]) -> tuple[ModelUsage, ...]:
+    """Add up usage per model, keeping first-seen order."""
+    acc: dict[str, list[int]] = {}
+    for u in usages:
+        a = acc.setdefault(u.model, [0, 0])
+        a[0] += u.input_tokens
+        a[1] += u.output_tokens
+    return tuple(ModelUsage(m, i, o) for m, (i, o) in acc.items())
+
+
+def _lookup(value: Any, path: tuple[str, ...], ref: Reference) -> Any:
+    for key in path:
+        if isinstance(value, dict):
+            if key not in value:
+                raise KeyError(f"{ref}: the output has no field {key!r}")
+            value = value[key]
+        elif isinstance(value, list) and key.isdigit():
+            value = value[int(key)]
+        else:
+            value = getattr(value, key)
+    return value
+
+
+class _Failed:
+    __slots__ = ("event",)
+
+    def __init__(self, event: NodeFailed) -> None:
+        self.event = event
+
+
+class _Run:
+    def __init__(
+        self, flow: Flow, inputs: dict[str, Any], ctx: RunContext, services: NodeServices,
+        node_timeout: float,
+    ) -> None:
+        self.flow, self.inputs, self.ctx, self.services = flow, inputs, ctx, services
+        self.node_timeout = node_timeout
+        self.run_id = ctx.run_id
+        self.queue: asyncio.Queue[RunEvent | _Failed] = asyncio.Queue()
+        self.results: dict[str, Any] = {}
+        self.finished: dict[str, asyncio.Event] = {n: asyncio.Event() for n in flow.nodes}
+        self.usage: list[ModelUsage] = []
+        # streaming node -> the flow outputs that echo its deltas
+        self.echo: dict[str, list[str]] = {}
+        for out, ref in flow.outputs.items():
+            if out in flow.streaming_outputs:
+                self.echo.setdefault(ref.source, []).append(out)
+
+    def resolve(self, value: Any) -> Any:
+        if not isinstance(value, Reference):
+            return value
+        if value.is_input:
+            base = self.inputs.get(value.name)
+        else:
+            base = self.results.get(value.source)
+            if base is _SKIPPED:
+                return None
+        return _lookup(base, value.path, value) if value.path else base
+
+    def _skipped(self, node: CompiledNode) -> bool:
+        when = node.activate_when
+        if node.spec.activate is not None:
+            if isinstance(when, Reference) and not when.is_input and self.results[when.source] is _SKIPPED:
+                return True
+            return bool(self.resolve(when) != node.spec.activate.is_)
+        refs = [v for v in node.inputs.values() if isinstance(v, Reference) and not v.is_input]
+        return bool(refs) and all(self.results[r.source] is _SKIPPED for r in refs)
+
+    async def run_node(self, node: CompiledNode) -> None:
+        name, ntype = node.name, node.impl.node_type
+        for dep in node.deps:
+            await self.finished[dep].wait()
+        put = self.queue.put_nowait
+        try:
+            if self._skipped(node):
+                self.results[name] = _SKIPPED
+                put(NodeSkipped(self.run_id, name, ntype, time.time()))
+                return
+            inputs = {k: self.resolve(v) for k, v in node.inputs.items()}
+        except Exception as exc:  # a bad ${node.output.field} path
+            put(_Failed(NodeFailed(self.run_id, name, ntype, _error(exc, name), 0.0, time.time())))
+            return
+        finally:
+            if name in self.results:
+                self.finished[name].set()
+        echo = self.echo.get(name, ())
+
+        async def emit(delta: str) -> None:
+            now = time.time()
+            put(NodeDelta(self.run_id, name, delta, now))
+            for out in echo:
+                put(OutputDelta(self.run_id, out, delta, now))
+
+        rt = NodeRuntime(node=name, ctx=self.ctx, services=self.services, emit=emit)
+        start = time.perf_counter()
+        put(NodeStarted(self.run_id, name, ntype, time.time()))
+        set_run_context(self.ctx)
+        timeout = node.spec.timeout or self.node_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                output = await node.impl.run(inputs, rt)
+        except TimeoutError:
+            err = NodeTimeout(f"node {name!r} timed out after {timeout:g}s", node=name)
+            put(_Failed(NodeFailed(self.run_id, name, ntype, _error(err, name), _since(start), time.time())))
+            return
+        except Exception as exc:
+            put(_Failed(NodeFailed(self.run_id, name, ntype, _error(exc, name), _since(start), time.time())))
+            return
+        self.results[name] = output
+        self.usage.extend(rt.usage)
+        put(
+            NodeFinished(
+                self.run_id, name, ntype, output, _since(start), time.time(), tuple(rt.usage), inputs
+            )
+        )
+        self.finished[name].set()
+
+
+def _since(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def _error(exc: BaseException, node: str) -> ErrorInfo:
+    if isinstance(exc, NodeError):
+        return ErrorInfo(exc.code, exc.message, node=exc.node or node, status=exc.status)
+    if isinstance(exc, FlowhostError):
+        return ErrorInfo(exc.code, exc.message, node=node, status=exc.status)
+    return ErrorInfo("NodeFailed", f"{type(exc).__name__}: {exc}", node=node, status=500)
+
+
+async def execute(
+    flow: Flow,
+    inputs: dict[str, Any],
+    ctx: RunContext,
+    services: NodeServices,
+    *,
+    node_timeout: float = DEFAULT_NODE_TIMEOUT,
+    trace_id: str = "",
+) -> AsyncIterator[RunEvent]:
+    """Run ``flow`` on already-validated ``inputs``; yield its events, ending in RunFinished or RunFailed."""
+    run = _Run(flow, inputs, ctx, services, node_timeout)
+    start = time.perf_counter()
+    yield RunStarted(run.run_id, flow.name, time.time(), trace_id)
+    outputs: dict[str, Any] = {}
+    pending_outputs = dict(flow.outputs)
+    for out, ref in list(pending_outputs.items()):
+        if ref.is_input:
+            outputs[out] = run.resolve(ref)
+            del pending_outputs[out]
+            yield OutputReady(run.run_id, out, outputs[out], False, time.time())
+    tasks = [asyncio.create_task(run.run_node(n), name=f"node:{n.name}") for n in flow.nodes.values()]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            item = await run.queue.get()
+            if isinstance(item, _Failed):
+                yield item.event
+                yield RunFailed(
+                    run.run_id, item.event.error, _since(start), time.time(), sum_usage(run.usage)
+                )
+                return
+            yield item
+            if isinstance(item, NodeFinished | NodeSkipped):
+                remaining -= 1
+                for out, ref in list(pending_outputs.items()):
+                    if ref.source == item.node:
+                        try:
+                            outputs[out] = run.resolve(ref)
+                        except Exception as exc:
+                            err = ErrorInfo("OutputError", f"output {out!r}: {exc}", node=item.node)
+                            yield RunFailed(run.run_id, err, _since(start), time.time(), sum_usage(run.usage))
+                            return
+                        del pending_outputs[out]
+                        yield OutputReady(
+                            run.run_id, out, outputs[out], out in flow.streaming_outputs, time.time()
+                        )
+        yield RunFinished(run.run_id, outputs, sum_usage(run.usage), _since(start), time.time())
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,221 @@
+"""Load a flow folder (``flow.dag.yaml`` + code + templates) into a validated, runnable Flow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pydantic
+import yaml
+
+from flowhost.exceptions import FlowDefinitionError
+from flowhost.flows.graph import topological_order
+from flowhost.flows.spec import FlowSpec, NodeSpec, Reference, parse_reference
+from flowhost.nodes.base import NodeImpl
+from flowhost.nodes.llm import LLMNode, PromptNode, split_llm_inputs
+from flowhost.nodes.python import PythonNode, load_function
+from flowhost.nodes.template import PromptTemplate
+
+__all__ = ["CompiledNode", "Flow", "NodeFactory", "find_flow_file", "load_flow"]
+
+FLOW_FILES = ("flow.dag.yaml", "flow.dag.yml", "flow.flex.yaml")
+
+# Extra node types (knowledge_retrieval, ...) register a factory here:
+# factory(spec, flow_dir, file) -> NodeImpl
+NodeFactory = Any
+NODE_FACTORIES: dict[str, NodeFactory] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledNode:
+    spec: NodeSpec
+    impl: NodeImpl
+    inputs: dict[str, Reference | Any]
+    deps: frozenset[str]
+    activate_when: Reference | Any = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A validated flow. ``nodes`` is in a topological order."""
+
+    name: str
+    path: Path
+    spec: FlowSpec
+    nodes: dict[str, CompiledNode]
+    outputs: dict[str, Reference | Any]
+    chat_input: str | None = None
+    chat_history: str | None = None
+    chat_output: str | None = None
+    streaming_outputs: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def is_chat(self) -> bool:
+        return self.chat_input is not None
+
+
+def find_flow_file(folder: Path) -> Path | None:
+    for name in FLOW_FILES[:2]:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _read_spec(file: Path) -> FlowSpec:
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise FlowDefinitionError(f"invalid YAML: {exc}", file=str(file)) from exc
+    if not isinstance(data, dict):
+        raise FlowDefinitionError("expected a mapping at the top level", file=str(file))
+    try:
+        return FlowSpec.model_validate(data)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        node = None
+        if err["loc"][:1] == ("nodes",) and len(err["loc"]) > 1 and isinstance(err["loc"][1], int):
+            raw = data.get("nodes", [])[err["loc"][1]]
+            node = raw.get("name") if isinstance(raw, dict) else None
+        raise FlowDefinitionError(err["msg"], file=str(file), node=node, field=loc) from exc
+
+
+def _source_path(spec: NodeSpec, folder: Path, file: str) -> Path:
+    if spec.source is None or not spec.source.path:
+        raise FlowDefinitionError("needs source.path", file=file, node=spec.name, field="source")
+    path = (folder / spec.source.path).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise FlowDefinitionError("source.path leaves the flow folder", file=file, node=spec.name)
+    if not path.is_file():
+        raise FlowDefinitionError(
+            f"source file {spec.source.path!r} not found", file=file, node=spec.name, field="source.path"
+        )
+    return path
+
+
+def _template(spec: NodeSpec, folder: Path, file: str) -> PromptTemplate:
+    path = _source_path(spec, folder, file)
+    try:
+        return PromptTemplate.from_file(path)
+    except jinja2.TemplateSyntaxError as exc:
+        raise FlowDefinitionError(
+            f"template error line {exc.lineno}: {exc.message}", file=str(path), node=spec.name
+        ) from exc
+
+
+def _build_impl(spec: NodeSpec, folder: Path, file: str) -> NodeImpl:
+    if spec.type == "python":
+        path = _source_path(spec, folder, file)
+        fn = load_function(path, node=spec.name, function=spec.function)
+        return PythonNode(fn, node=spec.name, input_names=set(spec.inputs), file=str(path))
+    if spec.type == "llm":
+        if spec.api not in (None, "chat"):
+            raise FlowDefinitionError(
+                f"api {spec.api!r} is not supported (only chat)", file=file, node=spec.name, field="api"
+            )
+        _params, _vars = split_llm_inputs(spec.inputs)
+        return LLMNode(_template(spec, folder, file), connection=spec.connection)
+    if spec.type == "prompt":
+        return PromptNode(_template(spec, folder, file))
+    factory = NODE_FACTORIES.get(spec.type)
+    if factory is None:
+        raise FlowDefinitionError(
+            f"node type {spec.type!r} is not available", file=file, node=spec.name, field="type"
+        )
+    impl: NodeImpl = factory(spec, folder, file)
+    return impl
+
+
+def _check_ref(ref: Reference, spec: FlowSpec, names: set[str], file: str, node: str | None, fld: str) -> None:
+    if ref.is_input:
+        if ref.name not in spec.inputs:
+            raise FlowDefinitionError(f"unknown flow input in {ref}", file=file, node=node, field=fld)
+    elif ref.source not in names:
+        raise FlowDefinitionError(f"unknown node in {ref}", file=file, node=node, field=fld)
+    elif ref.name != "output":
+        raise FlowDefinitionError(
+            f"{ref}: a node reference must be ${{node.output}} or ${{node.output.field}}",
+            file=file, node=node, field=fld,
+        )
+
+
+def load_flow(folder: Path, *, name: str | None = None) -> Flow:
+    """Load and validate the flow in ``folder``. Raises FlowDefinitionError naming file/node/field."""
+    folder = folder.resolve()
+    file_path = find_flow_file(folder)
+    if file_path is None:
+        raise FlowDefinitionError("no flow.dag.yaml in the folder", file=str(folder))
+    file = str(file_path)
+    spec = _read_spec(file_path)
+    names = [n.name for n in spec.nodes]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise FlowDefinitionError(f"duplicate node names {sorted(dupes)}", file=file, field="nodes")
+    nameset = set(names)
+    compiled: dict[str, CompiledNode] = {}
+    deps: dict[str, set[str]] = {}
+    for node in spec.nodes:
+        inputs: dict[str, Any] = {}
+        nd: set[str] = set()
+        for key, value in node.inputs.items():
+            ref = parse_reference(value)
+            if ref is not None:
+                _check_ref(ref, spec, nameset, file, node.name, f"inputs.{key}")
+                if not ref.is_input:
+                    nd.add(ref.source)
+            inputs[key] = ref if ref is not None else value
+        when: Any = None
+        if node.activate is not None:
+            when = parse_reference(node.activate.when)
+            if when is not None:
+                _check_ref(when, spec, nameset, file, node.name, "activate.when")
+                if not when.is_input:
+                    nd.add(when.source)
+            else:
+                when = node.activate.when
+        if node.name in nd:
+            raise FlowDefinitionError("a node cannot reference itself", file=file, node=node.name)
+        deps[node.name] = nd
+        compiled[node.name] = CompiledNode(
+            spec=node, impl=_build_impl(node, folder, file), inputs=inputs, deps=frozenset(nd),
+            activate_when=when,
+        )
+    try:
+        order = topological_order(deps)
+    except ValueError as exc:
+        raise FlowDefinitionError(f"the nodes form a cycle: {exc}", file=file, field="nodes") from None
+    outputs: dict[str, Any] = {}
+    streaming: set[str] = set()
+    for out_name, out in spec.outputs.items():
+        ref = parse_reference(out.reference)
+        if ref is None:
+            raise FlowDefinitionError(
+                f"reference {out.reference!r} is not a ${{...}} reference",
+                file=file, field=f"outputs.{out_name}.reference",
+            )
+        _check_ref(ref, spec, nameset, file, None, f"outputs.{out_name}.reference")
+        outputs[out_name] = ref
+        if not ref.is_input and not ref.path and compiled[ref.source].impl.streaming:
+            streaming.add(out_name)
+    chat_input = next((k for k, v in spec.inputs.items() if v.is_chat_input), None)
+    chat_history = next((k for k, v in spec.inputs.items() if v.is_chat_history), None)
+    chat_output = next((k for k, v in spec.outputs.items() if v.is_chat_output), None)
+    if chat_input is not None and chat_output is None and len(spec.outputs) == 1:
+        chat_output = next(iter(spec.outputs))
+    return Flow(
+        name=name or folder.name,
+        path=folder,
+        spec=spec,
+        nodes={n: compiled[n] for n in order},
+        outputs=outputs,
+        chat_input=chat_input,
+        chat_history=chat_history,
+        chat_output=chat_output,
+        streaming_outputs=frozenset(streaming),
+    )

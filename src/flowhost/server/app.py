@@ -1,0 +1,115 @@
+"""``create_app(settings) -> FastAPI``: everything is built once here and in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from flowhost import __version__
+from flowhost.apps import AppRegistry
+from flowhost.config import Settings
+from flowhost.exceptions import FlowhostError, InvalidInput, NotFound, RequestError
+from flowhost.llm.client import LLMClient
+from flowhost.server.errors import render_error
+from flowhost.server.middleware import RequestContextMiddleware
+from flowhost.service import RunService
+from flowhost.wire.complete.routes import router as complete_router
+from flowhost.wire.http import request_id
+from flowhost.wire.simple.routes import router as simple_router
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("flowhost.server")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def flowhost_error(request: Request, exc: Exception) -> Response:
+        return render_error(request.url.path, exc, request_id(request))
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        return render_error(
+            request.url.path, InvalidInput(f"{field}: {err['msg']}", field=field or None),
+            request_id(request),
+        )
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        err = NotFound(exc.detail) if exc.status_code == 404 else RequestError(str(exc.detail))
+        err.status = exc.status_code
+        err.code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, err.code)
+        return render_error(request.url.path, err, request_id(request))
+
+    app.add_exception_handler(FlowhostError, flowhost_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, flowhost_error)
+
+
+def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAPI:
+    """Build the ASGI app. Loads (and validates) every flow now, so bad flows fail fast."""
+    llm = LLMClient()
+    apps = apps or AppRegistry.load(settings.flows, default_app=settings.default_app, llm=llm)
+    service = RunService(apps, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await llm.aclose()
+
+    app = FastAPI(
+        title="flowhost",
+        version=__version__,
+        description="LLM application flows served over HTTP. "
+        "Every route but /health and the docs needs `Authorization: Bearer <token>` when a "
+        "token is configured.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.apps = apps
+    _install_error_handlers(app)
+
+    @app.get("/health", tags=["health"], summary="Liveness")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/apps", tags=["apps"], summary="The served apps and their inputs/outputs")
+    async def list_apps() -> JSONResponse:
+        return JSONResponse(
+            {
+                "default_app": apps.default_app,
+                "apps": [
+                    {
+                        "app_id": a.app_id,
+                        "is_chat": a.flow.is_chat,
+                        "chat_input": a.flow.chat_input,
+                        "chat_output": a.flow.chat_output,
+                        "inputs": {k: v.model_dump() for k, v in a.flow.spec.inputs.items()},
+                        "outputs": list(a.flow.spec.outputs),
+                        "streaming_outputs": sorted(a.flow.streaming_outputs),
+                    }
+                    for a in apps.apps.values()
+                ],
+            }
+        )
+
+    app.include_router(simple_router)
+    app.include_router(complete_router)
+    app.add_middleware(
+        RequestContextMiddleware,
+        token=settings.token_value,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    return app

@@ -1,0 +1,155 @@
+"""RunService: from a protocol-neutral RunRequest to a stream of run events.
+
+It resolves the app, validates inputs, loads and extends the chat session, and starts the run.
+Wire routes call ``prepare`` (which raises typed request errors before any byte is sent), then
+iterate ``PreparedRun.events()``. Sinks (history writer, ...) see every event before the wire does,
+so a turn is stored before its last byte leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flowhost.apps import App, AppRegistry
+from flowhost.config import Settings
+from flowhost.engine.context import RunContext
+from flowhost.engine.events import RunEvent, RunFailed, RunFinished
+from flowhost.engine.executor import execute
+from flowhost.exceptions import InvalidInput
+from flowhost.flows.inputs import coerce_inputs
+
+__all__ = ["HistoryBackend", "PreparedRun", "RunRequest", "RunService", "new_session_id"]
+
+SESSION_ID_RULE = re.compile(r"^[A-Za-z0-9_:\-]{32,255}$")
+
+
+def new_session_id() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(slots=True)
+class RunRequest:
+    """A protocol-neutral request to run an app.
+
+    :ivar inputs: raw flow inputs from the wire (validated by ``prepare``).
+    :ivar session_id: the client's session id (``Chat-Session-Id``, ``input.session_id``); None for new.
+    :ivar use_session: False when the client sends its own history (OpenAI messages) and no session id.
+    :ivar history: client-supplied chat history (promptflow format) used when no session is used.
+    """
+
+    app_id: str | None
+    inputs: dict[str, Any]
+    protocol: str
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    session_id: str | None = None
+    user_id: str | None = None
+    use_session: bool = True
+    history: list[dict[str, Any]] | None = None
+    user_defined_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    user_defined_tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class HistoryBackend(Protocol):
+    """What the run service needs from the chat store (see ``flowhost.history``)."""
+
+    async def open_session(self, app: App, session_id: str, user_id: str | None, title: str | None) -> None: ...
+
+    async def load_history(self, session_id: str, max_turns: int) -> list[dict[str, Any]]: ...
+
+    async def record_turn(
+        self, app: App, prepared: PreparedRun, final: RunEvent | None, protocol: str
+    ) -> None: ...
+
+
+@dataclass(slots=True)
+class PreparedRun:
+    """A validated run, ready to start. ``session_id`` is set when history is in use."""
+
+    service: RunService
+    app: App
+    inputs: dict[str, Any]
+    ctx: RunContext
+    session_id: str | None
+    protocol: str
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def run_id(self) -> str:
+        return self.ctx.run_id
+
+    async def events(self) -> AsyncIterator[RunEvent]:
+        """Run the flow. Closing this iterator cancels the run (recorded as canceled)."""
+        svc = self.service
+        final: RunEvent | None = None
+        stream = execute(
+            self.app.flow, self.inputs, self.ctx, self.app.services,
+            node_timeout=svc.settings.node_timeout,
+        )
+        try:
+            async with contextlib.aclosing(stream):
+                async for event in stream:
+                    if isinstance(event, RunFinished | RunFailed):
+                        final = event
+                        if self.session_id is not None and svc.history is not None:
+                            await svc.history.record_turn(self.app, self, final, self.protocol)
+                    yield event
+        finally:
+            if final is None and self.session_id is not None and svc.history is not None:
+                with contextlib.suppress(Exception):
+                    await svc.history.record_turn(self.app, self, None, self.protocol)
+
+
+class RunService:
+    def __init__(self, apps: AppRegistry, settings: Settings, history: HistoryBackend | None = None) -> None:
+        self.apps = apps
+        self.settings = settings
+        self.history = history
+
+    def uses_history(self, app: App) -> bool:
+        return self.settings.history and self.history is not None and app.flow.is_chat
+
+    async def prepare(self, req: RunRequest) -> PreparedRun:
+        """Validate ``req`` and load its session. Raises NotFound / InvalidInput / Forbidden."""
+        app = self.apps.get(req.app_id)
+        flow = app.flow
+        given = dict(req.inputs)
+        if req.history is not None and flow.chat_history is not None:
+            given[flow.chat_history] = req.history
+        coerced = coerce_inputs(flow.spec.inputs, given)
+        session_id: str | None = None
+        history = self.history
+        if history is not None and self.uses_history(app) and (req.use_session or req.session_id):
+            if req.session_id is not None and not SESSION_ID_RULE.match(req.session_id):
+                raise InvalidInput(
+                    "Chat-Session-Id must be 32-255 characters of letters, digits, '_', '-' and ':'",
+                    field="session_id",
+                )
+            session_id = req.session_id or new_session_id()
+            title = coerced.get(flow.chat_input or "")
+            await history.open_session(
+                app, session_id, req.user_id, str(title)[:200] if title is not None else None
+            )
+            # a known session's stored turns win over history the client sent along
+            if flow.chat_history is not None and (req.history is None or req.session_id):
+                coerced[flow.chat_history] = await history.load_history(
+                    session_id, self.settings.history_turns
+                )
+        ctx = RunContext(
+            run_id=str(uuid.uuid4()),
+            request_id=req.request_id,
+            app_id=app.app_id,
+            session_id=session_id,
+            user_id=req.user_id,
+            protocol=req.protocol,
+            user_defined_params=req.user_defined_params,
+            user_defined_tokens=req.user_defined_tokens,
+        )
+        return PreparedRun(self, app, coerced, ctx, session_id, req.protocol)
+

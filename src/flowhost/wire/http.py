@@ -1,0 +1,104 @@
+"""Small helpers every protocol's routes share: body parsing, ids, disconnect-aware runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import Request
+
+from flowhost.exceptions import InvalidInput, RunCanceled
+from flowhost.service import RunService
+
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "get_service",
+    "read_json_object",
+    "request_id",
+    "until_disconnect",
+    "wants_sse",
+]
+
+T = TypeVar("T")
+MAX_JSON_DEPTH = 64
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def get_service(request: Request) -> RunService:
+    svc: RunService = request.app.state.service
+    return svc
+
+
+def request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def _depth_ok(raw: bytes) -> bool:
+    depth = 0
+    in_str = esc = False
+    for b in raw:
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 0x5C:
+                esc = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return False
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, or InvalidInput (400) saying what is wrong with it."""
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidInput("request body is empty; send a JSON object", field="body")
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and not _depth_ok(raw):
+        raise InvalidInput(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", field="body")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("request body must be a JSON object", field="body")
+    return data
+
+
+def wants_sse(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` but cancel it if the client disconnects first (non-streaming responses).
+
+    Starlette only cancels streaming bodies on disconnect; a plain request handler keeps running.
+    The body has been read already, so the next ``receive`` is the disconnect (or never comes).
+    """
+    task = asyncio.ensure_future(work())
+
+    async def watch() -> None:
+        while True:
+            msg = await request.receive()
+            if msg["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done():  # the client left: not our own cancellation
+            raise RunCanceled("the client disconnected") from None
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()

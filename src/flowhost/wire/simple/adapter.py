@@ -1,0 +1,45 @@
+"""Simple mode (``POST /``): events -> ``event: Message`` SSE, or one JSON body.
+
+Streaming (seed 000): a first ``{"answer": ""}``, then one Message per streamed fragment (and one per
+non-streamed output as it becomes ready), and a last ``{"answer": ""}``. A failure after streaming
+began is an ``event: Error`` carrying ``{"code", "message", "node"}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from flowhost.engine.events import ErrorInfo, OutputDelta, OutputReady, RunEvent, RunFailed, RunFinished
+from flowhost.wire.sse import dumps, sse
+
+__all__ = ["collect", "stream"]
+
+
+def _message(payload: dict[str, Any]) -> bytes:
+    return sse(dumps(payload, compact=False), event="Message")
+
+
+async def stream(events: AsyncIterator[RunEvent], answer_key: str) -> AsyncIterator[bytes]:
+    yield _message({answer_key: ""})
+    async for ev in events:
+        if isinstance(ev, OutputDelta):
+            yield _message({ev.name: ev.delta})
+        elif isinstance(ev, OutputReady) and not ev.streamed:
+            yield _message({ev.name: ev.value})
+        elif isinstance(ev, RunFailed):
+            yield sse(dumps(ev.error.to_dict(), compact=False), event="Error")
+            return
+        elif isinstance(ev, RunFinished):
+            yield _message({answer_key: ""})
+            return
+
+
+async def collect(events: AsyncIterator[RunEvent]) -> tuple[dict[str, Any] | None, ErrorInfo | None]:
+    """Drain a run: (outputs, None) on success, (None, error) on failure."""
+    async for ev in events:
+        if isinstance(ev, RunFinished):
+            return ev.outputs, None
+        if isinstance(ev, RunFailed):
+            return None, ev.error
+    return None, ErrorInfo("RunCanceled", "the run ended without a result", status=500)

@@ -1,0 +1,54 @@
+"""The only Server-Sent Events framing code, and the JSON encoder every adapter uses."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["dumps", "iso_time", "sse"]
+
+
+def _default(o: Any) -> Any:
+    if hasattr(o, "model_dump"):
+        return o.model_dump()
+    if isinstance(o, set | frozenset | tuple):
+        return list(o)
+    if isinstance(o, bytes):
+        return o.decode("utf-8", "replace")
+    return str(o)
+
+
+def dumps(obj: Any, *, compact: bool = True) -> str:
+    """One-line JSON, UTF-8 kept as is (Chinese is not \\u-escaped), unknown types as strings."""
+    return json.dumps(
+        obj, ensure_ascii=False, default=_default, separators=(",", ":") if compact else None
+    )
+
+
+def sse(
+    data: str,
+    *,
+    event: str | None = None,
+    id: str | None = None,
+    comment: str | None = None,
+    colon: str = ": ",
+) -> bytes:
+    """One SSE event. ``colon`` is ``": "`` (WHATWG style) or ``":"`` (DashScope's framing).
+
+    ``data`` must be a single line (our JSON always is); the event ends with a blank line.
+    """
+    parts: list[str] = []
+    if id is not None:
+        parts.append(f"id{colon}{id}")
+    if event is not None:
+        parts.append(f"event{colon}{event}")
+    if comment is not None:
+        parts.append(f":{comment}")
+    parts.append(f"data{colon}{data}")
+    return ("\n".join(parts) + "\n\n").encode()
+
+
+def iso_time(ts: float) -> str:
+    """ISO 8601 UTC with microseconds and a Z, as seed 000's timestamps."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
