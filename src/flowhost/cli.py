@@ -36,7 +36,9 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
+@click.argument(
+    "path", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False
+)
 @click.option("--host", help="bind address [env FLOWHOST_HOST; 127.0.0.1]")
 @click.option("--port", type=int, help="port [env FLOWHOST_PORT; 8000]")
 @click.option("--token", help="require this bearer token [env FLOWHOST_TOKEN]")
@@ -117,5 +119,7 @@ def validate(flow: Path) -> None:
         raise click.ClickException(exc.message) from None
     for app in apps.apps.values():
         f = app.flow
-        click.echo(f"ok  {app.app_id}: {len(f.nodes)} nodes, inputs {list(f.spec.inputs)}, "
-                   f"outputs {list(f.spec.outputs)}" + (" (chat)" if f.is_chat else ""))
+        click.echo(
+            f"ok  {app.app_id}: {len(f.nodes)} nodes, inputs {list(f.spec.inputs)}, "
+            f"outputs {list(f.spec.outputs)}" + (" (chat)" if f.is_chat else "")
+        )

@@ -15,7 +15,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FLOWHOST_", frozen=True, extra="ignore")
 
-    flows: Path = Field(Path("examples/flows"), description="a flow folder or a folder of flow folders")
+    flows: Path = Field(
+        Path("examples/flows"), description="a flow folder or a folder of flow folders"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     token: SecretStr | None = Field(None, description="bearer token required on every API route")

@@ -61,7 +61,12 @@ class FlowDefinitionError(FlowhostError):
     code = "FlowDefinitionError"
 
     def __init__(
-        self, message: str, *, file: str | None = None, node: str | None = None, field: str | None = None
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        node: str | None = None,
+        field: str | None = None,
     ) -> None:
         where = ", ".join(
             f"{k} {v!r}" for k, v in (("file", file), ("node", node), ("field", field)) if v
@@ -119,7 +124,12 @@ class NodeError(RunError):
         self.error_type = error_type or type(self).__name__
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "node": self.node, "type": self.error_type}
+        return {
+            "code": self.code,
+            "message": self.message,
+            "node": self.node,
+            "type": self.error_type,
+        }
 
 
 class NodeTimeout(NodeError):

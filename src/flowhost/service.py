@@ -59,7 +59,9 @@ class RunRequest:
 class HistoryBackend(Protocol):
     """What the run service needs from the chat store (see ``flowhost.history``)."""
 
-    async def open_session(self, app: App, session_id: str, user_id: str | None, title: str | None) -> None: ...
+    async def open_session(
+        self, app: App, session_id: str, user_id: str | None, title: str | None
+    ) -> None: ...
 
     async def load_history(self, session_id: str, max_turns: int) -> list[dict[str, Any]]: ...
 
@@ -89,7 +91,10 @@ class PreparedRun:
         svc = self.service
         final: RunEvent | None = None
         stream = execute(
-            self.app.flow, self.inputs, self.ctx, self.app.services,
+            self.app.flow,
+            self.inputs,
+            self.ctx,
+            self.app.services,
             node_timeout=svc.settings.node_timeout,
         )
         try:
@@ -107,7 +112,9 @@ class PreparedRun:
 
 
 class RunService:
-    def __init__(self, apps: AppRegistry, settings: Settings, history: HistoryBackend | None = None) -> None:
+    def __init__(
+        self, apps: AppRegistry, settings: Settings, history: HistoryBackend | None = None
+    ) -> None:
         self.apps = apps
         self.settings = settings
         self.history = history
@@ -152,4 +159,3 @@ class RunService:
             user_defined_tokens=req.user_defined_tokens,
         )
         return PreparedRun(self, app, coerced, ctx, session_id, req.protocol)
-

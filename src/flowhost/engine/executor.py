@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from flowhost.engine.context import RunContext, set_run_context
@@ -77,7 +77,11 @@ class _Failed:
 
 class _Run:
     def __init__(
-        self, flow: Flow, inputs: dict[str, Any], ctx: RunContext, services: NodeServices,
+        self,
+        flow: Flow,
+        inputs: dict[str, Any],
+        ctx: RunContext,
+        services: NodeServices,
         node_timeout: float,
     ) -> None:
         self.flow, self.inputs, self.ctx, self.services = flow, inputs, ctx, services
@@ -107,7 +111,11 @@ class _Run:
     def _skipped(self, node: CompiledNode) -> bool:
         when = node.activate_when
         if node.spec.activate is not None:
-            if isinstance(when, Reference) and not when.is_input and self.results[when.source] is _SKIPPED:
+            if (
+                isinstance(when, Reference)
+                and not when.is_input
+                and self.results[when.source] is _SKIPPED
+            ):
                 return True
             return bool(self.resolve(when) != node.spec.activate.is_)
         refs = [v for v in node.inputs.values() if isinstance(v, Reference) and not v.is_input]
@@ -148,16 +156,35 @@ class _Run:
                 output = await node.impl.run(inputs, rt)
         except TimeoutError:
             err = NodeTimeout(f"node {name!r} timed out after {timeout:g}s", node=name)
-            put(_Failed(NodeFailed(self.run_id, name, ntype, _error(err, name), _since(start), time.time())))
+            put(
+                _Failed(
+                    NodeFailed(
+                        self.run_id, name, ntype, _error(err, name), _since(start), time.time()
+                    )
+                )
+            )
             return
         except Exception as exc:
-            put(_Failed(NodeFailed(self.run_id, name, ntype, _error(exc, name), _since(start), time.time())))
+            put(
+                _Failed(
+                    NodeFailed(
+                        self.run_id, name, ntype, _error(exc, name), _since(start), time.time()
+                    )
+                )
+            )
             return
         self.results[name] = output
         self.usage.extend(rt.usage)
         put(
             NodeFinished(
-                self.run_id, name, ntype, output, _since(start), time.time(), tuple(rt.usage), inputs
+                self.run_id,
+                name,
+                ntype,
+                output,
+                _since(start),
+                time.time(),
+                tuple(rt.usage),
+                inputs,
             )
         )
         self.finished[name].set()
@@ -183,7 +210,7 @@ async def execute(
     *,
     node_timeout: float = DEFAULT_NODE_TIMEOUT,
     trace_id: str = "",
-) -> AsyncIterator[RunEvent]:
+) -> AsyncGenerator[RunEvent, None]:
     """Run ``flow`` on already-validated ``inputs``; yield its events, ending in RunFinished or RunFailed."""
     run = _Run(flow, inputs, ctx, services, node_timeout)
     start = time.perf_counter()
@@ -195,7 +222,9 @@ async def execute(
             outputs[out] = run.resolve(ref)
             del pending_outputs[out]
             yield OutputReady(run.run_id, out, outputs[out], False, time.time())
-    tasks = [asyncio.create_task(run.run_node(n), name=f"node:{n.name}") for n in flow.nodes.values()]
+    tasks = [
+        asyncio.create_task(run.run_node(n), name=f"node:{n.name}") for n in flow.nodes.values()
+    ]
     remaining = len(tasks)
     try:
         while remaining:
@@ -215,11 +244,17 @@ async def execute(
                             outputs[out] = run.resolve(ref)
                         except Exception as exc:
                             err = ErrorInfo("OutputError", f"output {out!r}: {exc}", node=item.node)
-                            yield RunFailed(run.run_id, err, _since(start), time.time(), sum_usage(run.usage))
+                            yield RunFailed(
+                                run.run_id, err, _since(start), time.time(), sum_usage(run.usage)
+                            )
                             return
                         del pending_outputs[out]
                         yield OutputReady(
-                            run.run_id, out, outputs[out], out in flow.streaming_outputs, time.time()
+                            run.run_id,
+                            out,
+                            outputs[out],
+                            out in flow.streaming_outputs,
+                            time.time(),
                         )
         yield RunFinished(run.run_id, outputs, sum_usage(run.usage), _since(start), time.time())
     finally:

@@ -94,7 +94,10 @@ def _source_path(spec: NodeSpec, folder: Path, file: str) -> Path:
         raise FlowDefinitionError("source.path leaves the flow folder", file=file, node=spec.name)
     if not path.is_file():
         raise FlowDefinitionError(
-            f"source file {spec.source.path!r} not found", file=file, node=spec.name, field="source.path"
+            f"source file {spec.source.path!r} not found",
+            file=file,
+            node=spec.name,
+            field="source.path",
         )
     return path
 
@@ -117,7 +120,10 @@ def _build_impl(spec: NodeSpec, folder: Path, file: str) -> NodeImpl:
     if spec.type == "llm":
         if spec.api not in (None, "chat"):
             raise FlowDefinitionError(
-                f"api {spec.api!r} is not supported (only chat)", file=file, node=spec.name, field="api"
+                f"api {spec.api!r} is not supported (only chat)",
+                file=file,
+                node=spec.name,
+                field="api",
             )
         _params, _vars = split_llm_inputs(spec.inputs)
         return LLMNode(_template(spec, folder, file), connection=spec.connection)
@@ -132,16 +138,22 @@ def _build_impl(spec: NodeSpec, folder: Path, file: str) -> NodeImpl:
     return impl
 
 
-def _check_ref(ref: Reference, spec: FlowSpec, names: set[str], file: str, node: str | None, fld: str) -> None:
+def _check_ref(
+    ref: Reference, spec: FlowSpec, names: set[str], file: str, node: str | None, fld: str
+) -> None:
     if ref.is_input:
         if ref.name not in spec.inputs:
-            raise FlowDefinitionError(f"unknown flow input in {ref}", file=file, node=node, field=fld)
+            raise FlowDefinitionError(
+                f"unknown flow input in {ref}", file=file, node=node, field=fld
+            )
     elif ref.source not in names:
         raise FlowDefinitionError(f"unknown node in {ref}", file=file, node=node, field=fld)
     elif ref.name != "output":
         raise FlowDefinitionError(
             f"{ref}: a node reference must be ${{node.output}} or ${{node.output.field}}",
-            file=file, node=node, field=fld,
+            file=file,
+            node=node,
+            field=fld,
         )
 
 
@@ -183,13 +195,18 @@ def load_flow(folder: Path, *, name: str | None = None) -> Flow:
             raise FlowDefinitionError("a node cannot reference itself", file=file, node=node.name)
         deps[node.name] = nd
         compiled[node.name] = CompiledNode(
-            spec=node, impl=_build_impl(node, folder, file), inputs=inputs, deps=frozenset(nd),
+            spec=node,
+            impl=_build_impl(node, folder, file),
+            inputs=inputs,
+            deps=frozenset(nd),
             activate_when=when,
         )
     try:
         order = topological_order(deps)
     except ValueError as exc:
-        raise FlowDefinitionError(f"the nodes form a cycle: {exc}", file=file, field="nodes") from None
+        raise FlowDefinitionError(
+            f"the nodes form a cycle: {exc}", file=file, field="nodes"
+        ) from None
     outputs: dict[str, Any] = {}
     streaming: set[str] = set()
     for out_name, out in spec.outputs.items():
@@ -197,7 +214,8 @@ def load_flow(folder: Path, *, name: str | None = None) -> Flow:
         if ref is None:
             raise FlowDefinitionError(
                 f"reference {out.reference!r} is not a ${{...}} reference",
-                file=file, field=f"outputs.{out_name}.reference",
+                file=file,
+                field=f"outputs.{out_name}.reference",
             )
         _check_ref(ref, spec, nameset, file, None, f"outputs.{out_name}.reference")
         outputs[out_name] = ref

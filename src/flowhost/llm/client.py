@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import openai
 
 from flowhost.llm.connections import Connection
@@ -53,10 +52,6 @@ class LLMClient:
                 timeout=conn.timeout,
                 max_retries=conn.max_retries,
                 default_headers=dict(conn.headers) or None,
-                http_client=httpx.AsyncClient(
-                    limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
-                    timeout=conn.timeout,
-                ),
             )
             self._clients[key] = client
         return client
@@ -67,14 +62,20 @@ class LLMClient:
             await c.close()
 
     async def stream_chat(
-        self, conn: Connection, *, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]
+        self,
+        conn: Connection,
+        *,
+        model: str,
+        messages: Sequence[dict[str, Any]],
+        params: dict[str, Any],
     ) -> AsyncIterator[ChatChunk]:
         """Yield content deltas, then one chunk with the usage. Raises LLMCallError."""
         client = self.client_for(conn)
         try:
-            stream = await client.chat.completions.create(
+            create: Any = client.chat.completions.create  # overloads do not fit **params
+            stream = await create(
                 model=model,
-                messages=list(messages),  # type: ignore[arg-type]
+                messages=list(messages),
                 stream=True,
                 stream_options={"include_usage": True},
                 **params,
@@ -106,10 +107,12 @@ class LLMClient:
                 f"({exc.__cause__ or exc})"
             ) from exc
         except openai.APIError as exc:
-            raise LLMCallError(f"connection {conn.name!r}: LLM stream failed: {exc.message}") from exc
-        except httpx.HTTPError as exc:
             raise LLMCallError(
-                f"connection {conn.name!r}: LLM stream broke off ({type(exc).__name__})"
+                f"connection {conn.name!r}: LLM stream failed: {exc.message}"
+            ) from exc
+        except Exception as exc:  # the SDK's transport errors (httpx2) mid-stream
+            raise LLMCallError(
+                f"connection {conn.name!r}: LLM stream broke off ({type(exc).__name__}: {exc})"
             ) from exc
 
 
@@ -121,4 +124,6 @@ def _status_message(conn: Connection, exc: openai.APIStatusError) -> str:
         429: "rate limited or out of quota; retry later or raise the limit",
     }.get(exc.status_code, "the endpoint returned an error")
     detail = exc.message
-    return f"connection {conn.name!r}: HTTP {exc.status_code} from {conn.base_url}: {hint} ({detail})"
+    return (
+        f"connection {conn.name!r}: HTTP {exc.status_code} from {conn.base_url}: {hint} ({detail})"
+    )

@@ -68,7 +68,9 @@ def _expand(value: Any, env: Mapping[str, str], where: str) -> Any:
     return _ENV_REF.sub(sub, value)
 
 
-def load_connections_file(path: Path, env: Mapping[str, str]) -> tuple[dict[str, Connection], str | None]:
+def load_connections_file(
+    path: Path, env: Mapping[str, str]
+) -> tuple[dict[str, Connection], str | None]:
     """Parse one connections.yaml. Returns (connections, default name)."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -88,7 +90,10 @@ def load_connections_file(path: Path, env: Mapping[str, str]) -> tuple[dict[str,
                 model=raw.get("model"),
                 timeout=float(raw.get("timeout", 120.0)),
                 max_retries=int(raw.get("max_retries", 2)),
-                headers={str(k): str(_expand(v, env, str(path))) for k, v in (raw.get("headers") or {}).items()},
+                headers={
+                    str(k): str(_expand(v, env, str(path)))
+                    for k, v in (raw.get("headers") or {}).items()
+                },
             )
         except (TypeError, ValueError) as exc:
             raise FlowDefinitionError(f"connection {name!r}: {exc}", file=str(path)) from exc

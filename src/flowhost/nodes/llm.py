@@ -88,13 +88,17 @@ class LLMNode:
         try:
             params = _api_params(raw_params)
         except (TypeError, ValueError) as exc:
-            raise LLMError(f"bad model parameter: {exc}", node=rt.node, connection=conn.name) from exc
+            raise LLMError(
+                f"bad model parameter: {exc}", node=rt.node, connection=conn.name
+            ) from exc
         messages = self.template.render_chat(variables)
         rt.trace.update(model=str(model), messages=messages, params=params, connection=conn.name)
         llm = rt.services.llm
         parts: list[str] = []
         try:
-            async for chunk in llm.stream_chat(conn, model=str(model), messages=messages, params=params):
+            async for chunk in llm.stream_chat(
+                conn, model=str(model), messages=messages, params=params
+            ):
                 if chunk.delta:
                     parts.append(chunk.delta)
                     await rt.emit(chunk.delta)

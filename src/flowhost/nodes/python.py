@@ -53,7 +53,9 @@ def _install_promptflow_shim() -> None:
 
 def load_function(path: Path, *, node: str, function: str | None) -> Callable[..., Any]:
     if not path.is_file():
-        raise FlowDefinitionError("source file not found", file=str(path), node=node, field="source.path")
+        raise FlowDefinitionError(
+            "source file not found", file=str(path), node=node, field="source.path"
+        )
     _install_promptflow_shim()
     mod_name = f"flowhost_flow_{abs(hash(str(path.resolve())))}_{path.stem}"
     with _import_lock:
@@ -109,7 +111,9 @@ def _context_param(fn: Callable[..., Any]) -> str | None:
 class PythonNode:
     node_type = "python"
 
-    def __init__(self, fn: Callable[..., Any], *, node: str, input_names: set[str], file: str) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], *, node: str, input_names: set[str], file: str
+    ) -> None:
         self.fn = fn
         self.ctx_param = _context_param(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -123,17 +127,23 @@ class PythonNode:
         if unknown and not var_kw:
             raise FlowDefinitionError(
                 f"inputs {sorted(unknown)} are not parameters of {fn.__name__}()",
-                file=file, node=node, field="inputs",
+                file=file,
+                node=node,
+                field="inputs",
             )
         missing = [
-            n for n, p in params.items()
-            if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+            n
+            for n, p in params.items()
+            if p.default is p.empty
+            and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
             and n not in input_names
         ]
         if missing:
             raise FlowDefinitionError(
                 f"{fn.__name__}() needs inputs {missing} that the node does not set",
-                file=file, node=node, field="inputs",
+                file=file,
+                node=node,
+                field="inputs",
             )
 
     async def run(self, inputs: dict[str, Any], rt: NodeRuntime) -> Any:

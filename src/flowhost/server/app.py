@@ -21,7 +21,9 @@ from flowhost.server.errors import render_error
 from flowhost.server.middleware import RequestContextMiddleware
 from flowhost.service import RunService
 from flowhost.wire.complete.routes import router as complete_router
+from flowhost.wire.dashscope.routes import router as dashscope_router
 from flowhost.wire.http import request_id
+from flowhost.wire.openai.routes import router as openai_router
 from flowhost.wire.simple.routes import router as simple_router
 
 __all__ = ["create_app"]
@@ -38,7 +40,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         field = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         return render_error(
-            request.url.path, InvalidInput(f"{field}: {err['msg']}", field=field or None),
+            request.url.path,
+            InvalidInput(f"{field}: {err['msg']}", field=field or None),
             request_id(request),
         )
 
@@ -107,6 +110,8 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
 
     app.include_router(simple_router)
     app.include_router(complete_router)
+    app.include_router(openai_router)
+    app.include_router(dashscope_router)
     app.add_middleware(
         RequestContextMiddleware,
         token=settings.token_value,

@@ -16,7 +16,15 @@ from flowhost.server.errors import render_error
 __all__ = ["OPEN_PATHS", "RequestContextMiddleware"]
 
 OPEN_PATHS = frozenset(
-    {"/health", "/health/live", "/health/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
+    {
+        "/health",
+        "/health/live",
+        "/health/ready",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/openapi.json",
+        "/redoc",
+    }
 )
 OPEN_PREFIXES = ("/ui",)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import uvicorn
 
@@ -21,7 +22,7 @@ def app_from_env() -> object:
 
 
 def serve(settings: Settings) -> None:
-    common = {
+    common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
@@ -36,6 +37,8 @@ def serve(settings: Settings) -> None:
             data[key] = secret.get_secret_value() if secret else None
         os.environ[_SETTINGS_ENV] = json.dumps(data)
         create_app(settings)  # validate the flows once in the parent: fail fast
-        uvicorn.run("flowhost.server.run:app_from_env", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
+        uvicorn.run(
+            "flowhost.server.run:app_from_env", factory=True, workers=settings.workers, **common
+        )
     else:
-        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        uvicorn.run(create_app(settings), **common)

@@ -37,7 +37,9 @@ class ResponseConfig:
     exclude_nodes: frozenset[str] = field(default_factory=frozenset)
 
 
-def _flow_run_info(run_id: str, status: str, error: ErrorInfo | None, trace_id: str) -> dict[str, Any]:
+def _flow_run_info(
+    run_id: str, status: str, error: ErrorInfo | None, trace_id: str
+) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "status": status,
@@ -47,8 +49,14 @@ def _flow_run_info(run_id: str, status: str, error: ErrorInfo | None, trace_id: 
 
 
 def _node_info(
-    flow: Flow, cfg: ResponseConfig, node: str, status: str, *, error: ErrorInfo | None = None,
-    duration: float = 0.0, output: Any = None,
+    flow: Flow,
+    cfg: ResponseConfig,
+    node: str,
+    status: str,
+    *,
+    error: ErrorInfo | None = None,
+    duration: float = 0.0,
+    output: Any = None,
 ) -> dict[str, Any]:
     spec = flow.nodes[node].spec
     return {
@@ -74,35 +82,59 @@ class _Translator:
         base = {"run_id": ev.run_id, "timestamp": iso_time(ev.timestamp)}
         if isinstance(ev, RunStarted):
             self.trace_id = ev.trace_id
-            return {"event": "RunStarted", **base,
-                    "flow_run_info": _flow_run_info(ev.run_id, "Running", None, ev.trace_id)}
+            return {
+                "event": "RunStarted",
+                **base,
+                "flow_run_info": _flow_run_info(ev.run_id, "Running", None, ev.trace_id),
+            }
         if isinstance(ev, NodeStarted | NodeFinished | NodeFailed | NodeSkipped):
             if ev.node in self.cfg.exclude_nodes:
                 return None
             if isinstance(ev, NodeStarted):
                 info = _node_info(self.flow, self.cfg, ev.node, "Running")
             elif isinstance(ev, NodeFinished):
-                info = _node_info(self.flow, self.cfg, ev.node, "Completed",
-                                  duration=ev.duration, output=ev.output)
+                info = _node_info(
+                    self.flow,
+                    self.cfg,
+                    ev.node,
+                    "Completed",
+                    duration=ev.duration,
+                    output=ev.output,
+                )
             elif isinstance(ev, NodeFailed):
-                info = _node_info(self.flow, self.cfg, ev.node, "Failed",
-                                  error=ev.error, duration=ev.duration)
+                info = _node_info(
+                    self.flow, self.cfg, ev.node, "Failed", error=ev.error, duration=ev.duration
+                )
             else:
                 info = _node_info(self.flow, self.cfg, ev.node, "Bypassed")
             return {"event": "NodeUpdated", **base, "node_run_infos": [info]}
         if isinstance(ev, OutputDelta):
-            return {"event": "RunOutput", **base, "outputs": {ev.name: ev.delta},
-                    "output_metadata": {ev.name: {"is_stream": True, "status": "Streaming"}}}
+            return {
+                "event": "RunOutput",
+                **base,
+                "outputs": {ev.name: ev.delta},
+                "output_metadata": {ev.name: {"is_stream": True, "status": "Streaming"}},
+            }
         if isinstance(ev, OutputReady):
             outputs = {} if ev.streamed else {ev.name: ev.value}
-            return {"event": "RunOutput", **base, "outputs": outputs,
-                    "output_metadata": {ev.name: {"is_stream": ev.streamed, "status": "Finished"}}}
+            return {
+                "event": "RunOutput",
+                **base,
+                "outputs": outputs,
+                "output_metadata": {ev.name: {"is_stream": ev.streamed, "status": "Finished"}},
+            }
         if isinstance(ev, RunFinished):
-            return {"event": "RunTerminated", **base,
-                    "flow_run_info": _flow_run_info(ev.run_id, "Completed", None, self.trace_id)}
+            return {
+                "event": "RunTerminated",
+                **base,
+                "flow_run_info": _flow_run_info(ev.run_id, "Completed", None, self.trace_id),
+            }
         if isinstance(ev, RunFailed):
-            return {"event": "RunTerminated", **base,
-                    "flow_run_info": _flow_run_info(ev.run_id, "Failed", ev.error, self.trace_id)}
+            return {
+                "event": "RunTerminated",
+                **base,
+                "flow_run_info": _flow_run_info(ev.run_id, "Failed", ev.error, self.trace_id),
+            }
         return None  # NodeDelta: not part of complete mode
 
 
@@ -110,7 +142,9 @@ def translate(flow: Flow, cfg: ResponseConfig) -> _Translator:
     return _Translator(flow, cfg)
 
 
-async def stream(events: AsyncIterator[RunEvent], flow: Flow, cfg: ResponseConfig) -> AsyncIterator[bytes]:
+async def stream(
+    events: AsyncIterator[RunEvent], flow: Flow, cfg: ResponseConfig
+) -> AsyncIterator[bytes]:
     tr = _Translator(flow, cfg)
     async for ev in events:
         payload = tr(ev)
@@ -124,7 +158,12 @@ async def collect(
     """One JSON body with the whole run: flow_run_info, outputs, node_run_infos."""
     tr = _Translator(flow, cfg)
     nodes: dict[str, dict[str, Any]] = {}
-    body: dict[str, Any] = {"run_id": "", "flow_run_info": None, "outputs": {}, "node_run_infos": []}
+    body: dict[str, Any] = {
+        "run_id": "",
+        "flow_run_info": None,
+        "outputs": {},
+        "node_run_infos": [],
+    }
     error: ErrorInfo | None = None
     async for ev in events:
         payload = tr(ev)

@@ -12,7 +12,13 @@ from flowhost.exceptions import InvalidInput
 from flowhost.service import RunRequest
 from flowhost.wire.complete import adapter
 from flowhost.wire.complete.models import RunBody
-from flowhost.wire.http import SSE_HEADERS, get_service, read_json_object, request_id, until_disconnect
+from flowhost.wire.http import (
+    SSE_HEADERS,
+    get_service,
+    read_json_object,
+    request_id,
+    until_disconnect,
+)
 from flowhost.wire.simple.routes import session_headers
 from flowhost.wire.sse import dumps
 
@@ -23,8 +29,12 @@ router = APIRouter(tags=["complete mode"])
 _DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": RunBody.model_json_schema(),
-                                         "example": {"inputs": {"question": "hi"}, "stream": True}}},
+        "content": {
+            "application/json": {
+                "schema": RunBody.model_json_schema(),
+                "example": {"inputs": {"question": "hi"}, "stream": True},
+            }
+        },
     },
     "responses": {
         "200": {
@@ -63,12 +73,16 @@ async def _complete(request: Request, app_id: str | None) -> Response:
         )
     )
     rc = run_body.response_config
-    cfg = adapter.ResponseConfig(
-        include_node_description=rc.include_node_description,
-        include_node_display_name=rc.include_node_display_name,
-        include_node_output=rc.include_node_output,
-        exclude_nodes=frozenset(rc.exclude_nodes),
-    ) if rc else adapter.ResponseConfig()
+    cfg = (
+        adapter.ResponseConfig(
+            include_node_description=rc.include_node_description,
+            include_node_display_name=rc.include_node_display_name,
+            include_node_output=rc.include_node_output,
+            exclude_nodes=frozenset(rc.exclude_nodes),
+        )
+        if rc
+        else adapter.ResponseConfig()
+    )
     headers = session_headers(prepared)
     flow = prepared.app.flow
     if run_body.stream:
@@ -77,7 +91,9 @@ async def _complete(request: Request, app_id: str | None) -> Response:
             media_type="text/event-stream",
             headers={**SSE_HEADERS, **headers},
         )
-    body, error = await until_disconnect(request, lambda: adapter.collect(prepared.events(), flow, cfg))
+    body, error = await until_disconnect(
+        request, lambda: adapter.collect(prepared.events(), flow, cfg)
+    )
     status = 200 if error is None else error.status
     return Response(dumps(body), status_code=status, media_type="application/json", headers=headers)
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from flowhost.engine.events import ErrorInfo, OutputDelta, OutputReady, RunEvent, RunFailed, RunFinished
+from flowhost.engine.events import (
+    ErrorInfo,
+    OutputDelta,
+    OutputReady,
+    RunEvent,
+    RunFailed,
+    RunFinished,
+)
 from flowhost.wire.sse import dumps, sse
 
 __all__ = ["collect", "stream"]
@@ -35,7 +42,9 @@ async def stream(events: AsyncIterator[RunEvent], answer_key: str) -> AsyncItera
             return
 
 
-async def collect(events: AsyncIterator[RunEvent]) -> tuple[dict[str, Any] | None, ErrorInfo | None]:
+async def collect(
+    events: AsyncIterator[RunEvent],
+) -> tuple[dict[str, Any] | None, ErrorInfo | None]:
     """Drain a run: (outputs, None) on success, (None, error) on failure."""
     async for ev in events:
         if isinstance(ev, RunFinished):

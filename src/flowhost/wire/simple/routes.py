@@ -37,7 +37,7 @@ _BODY: dict[str, Any] = {
     "responses": {
         "200": {
             "description": "The flow outputs as JSON, or with `Accept: text/event-stream` a stream "
-            "of `event: Message` events whose data is `{\"answer\": \"<fragment>\"}`.",
+            'of `event: Message` events whose data is `{"answer": "<fragment>"}`.',
             "content": {
                 "application/json": {"example": {"answer": "The capital of France is Paris."}},
                 "text/event-stream": {"example": 'event: Message\ndata: {"answer": "Paris"}\n\n'},
@@ -82,7 +82,9 @@ async def _simple(request: Request, app_id: str | None) -> Response:
     return Response(dumps(outputs), media_type="application/json", headers=headers)
 
 
-def _client_history(body: dict[str, Any], *, prepared_key: str | None) -> list[dict[str, Any]] | None:
+def _client_history(
+    body: dict[str, Any], *, prepared_key: str | None
+) -> list[dict[str, Any]] | None:
     if prepared_key and isinstance(body.get(prepared_key), list):
         return list(body[prepared_key])
     return None

@@ -1,0 +1,3 @@
+from flowhost.cli import main
+
+main()

@@ -1,0 +1,258 @@
+"""Bailian application API: events -> ``{output, usage, request_id}`` chunks or one JSON body.
+
+Streaming frames are exactly Bailian's (CLIENTS.md): ``id:N`` / ``event:result`` /
+``:HTTP_STATUS/200`` / one-line ``data:{...}``, no ``[DONE]``; failures are ``event:error`` with a
+``status:`` line. ``incremental`` true sends only new text per chunk; false sends the text so far.
+With ``has_thoughts`` every chunk lists each node's progress as ``{"response": "<JSON string>"}``
+with nodeId / nodeName / nodeType / nodeStatus (executing, success, failed) / nodeExecTime /
+nodeResult, starting with a Start node (the inputs) and ending with an End node (the outputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowhost.engine.events import (
+    ErrorInfo,
+    ModelUsage,
+    NodeDelta,
+    NodeFailed,
+    NodeFinished,
+    NodeStarted,
+    OutputDelta,
+    OutputReady,
+    RunEvent,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+)
+from flowhost.engine.executor import sum_usage
+from flowhost.wire.chat import output_text
+from flowhost.wire.sse import dumps, sse
+
+__all__ = ["Options", "collect", "error_body", "stream"]
+
+NODE_TYPES = {
+    "llm": "LLM",
+    "python": "Script",
+    "prompt": "Template",
+    "knowledge_retrieval": "Retrieval",
+}
+
+
+def error_body(code: str, message: str, request_id: str) -> dict[str, Any]:
+    return {"code": code, "message": message, "request_id": request_id}
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    session_id: str
+    request_id: str
+    answer_key: str
+    incremental: bool = False
+    has_thoughts: bool = False
+    inputs: dict[str, Any] = field(default_factory=dict)
+    display_names: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Node:
+    node_id: str
+    node_type: str
+    name: str
+    status: str = "executing"
+    exec_ms: int | None = None
+    full: str = ""
+    pending: str = ""
+    streamed: bool = False
+    structured: Any = None
+
+    def response(self, incremental: bool) -> dict[str, str]:
+        d: dict[str, Any] = {
+            "nodeId": self.node_id,
+            "nodeName": self.name,
+            "nodeType": self.node_type,
+            "nodeStatus": self.status,
+        }
+        if self.exec_ms is not None:
+            d["nodeExecTime"] = f"{self.exec_ms}ms"
+        if isinstance(self.structured, dict):
+            d["nodeResult"] = dumps(self.structured)
+        else:
+            result = self.pending if incremental and self.streamed else self.full
+            d["nodeResult"] = dumps({"result": result})
+        self.pending = ""
+        return {"response": dumps(d)}
+
+
+class _State:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.text = ""
+        self.new_text = ""
+        self.nodes: dict[str, _Node] = {}
+        self.usage: list[ModelUsage] = []
+        self.references: list[dict[str, Any]] = []
+
+    def apply(self, ev: RunEvent) -> bool:
+        """Fold one event in; True when a chunk should go out now."""
+        o = self.opts
+        if isinstance(ev, RunStarted):
+            start = _Node("Start", "Start", "Start", "success", 0, structured=o.inputs)
+            self.nodes["Start"] = start
+            return o.has_thoughts
+        if isinstance(ev, NodeStarted):
+            self.nodes[ev.node] = _Node(
+                ev.node,
+                NODE_TYPES.get(ev.node_type, ev.node_type),
+                o.display_names.get(ev.node, ev.node),
+            )
+            return o.has_thoughts
+        if isinstance(ev, NodeDelta):
+            n = self.nodes[ev.node]
+            n.streamed = True
+            n.full += ev.delta
+            n.pending += ev.delta
+            return o.has_thoughts
+        if isinstance(ev, NodeFinished | NodeFailed):
+            n = self.nodes[ev.node]
+            n.exec_ms = round(ev.duration * 1000)
+            if isinstance(ev, NodeFinished):
+                n.status = "success"
+                if not n.streamed:
+                    n.full, n.structured = output_text(ev.output), ev.output
+                self.usage.extend(ev.usage)
+                if ev.node_type == "knowledge_retrieval" and isinstance(ev.output, list):
+                    self.references.extend(_references(ev.output))
+            else:
+                n.status, n.full = "failed", ev.error.message
+            return o.has_thoughts
+        if isinstance(ev, OutputDelta) and ev.name == o.answer_key:
+            self.text += ev.delta
+            self.new_text += ev.delta
+            return True
+        if isinstance(ev, OutputReady) and ev.name == o.answer_key and not ev.streamed:
+            value = output_text(ev.value)
+            self.text += value
+            self.new_text += value
+            return True
+        return False
+
+    def output(self, finish: str) -> dict[str, Any]:
+        o = self.opts
+        text = self.new_text if o.incremental else self.text
+        self.new_text = ""
+        out: dict[str, Any] = {"session_id": o.session_id, "finish_reason": finish, "text": text}
+        if o.has_thoughts:
+            out["thoughts"] = [n.response(o.incremental) for n in self.nodes.values()]
+        out["doc_references"] = self.references or None
+        return out
+
+    def usage_dict(self, usage: tuple[ModelUsage, ...] | None = None) -> dict[str, Any]:
+        models = usage if usage is not None else sum_usage(self.usage)
+        return {
+            "models": [
+                {
+                    "model_id": u.model,
+                    "input_tokens": u.input_tokens,
+                    "output_tokens": u.output_tokens,
+                }
+                for u in models
+            ]
+            or None
+        }
+
+    def end_node(self, outputs: dict[str, Any]) -> None:
+        value = outputs.get(self.opts.answer_key) if len(outputs) <= 1 else outputs
+        self.nodes["End"] = _Node(
+            "End", "End", "End", "success", 0, output_text(value), structured=value
+        )
+
+
+def _references(chunks: list[Any]) -> list[dict[str, Any]]:
+    keys = ("index_id", "title", "doc_id", "doc_name", "text", "images")
+    out = []
+    for c in chunks:
+        if isinstance(c, dict):
+            ref = {k: c.get(k) for k in keys}
+            ref["images"] = ref["images"] or []
+            out.append(ref)
+    return out
+
+
+def _chunk(n: int, payload: dict[str, Any]) -> bytes:
+    return sse(dumps(payload), id=str(n), event="result", comment="HTTP_STATUS/200", colon=":")
+
+
+def _error_frame(n: int, err: ErrorInfo, request_id: str) -> bytes:
+    data = dumps(error_body(err.code, err.message, request_id))
+    status = err.status if err.status >= 400 else 500
+    return f"id:{n}\nevent:error\nstatus:{status}\n:HTTP_STATUS/{status}\ndata:{data}\n\n".encode()
+
+
+async def stream(events: AsyncIterator[RunEvent], opts: Options) -> AsyncIterator[bytes]:
+    st = _State(opts)
+    n = 0
+    async for ev in events:
+        if isinstance(ev, RunFailed):
+            n += 1
+            yield _error_frame(n, ev.error, opts.request_id)
+            return
+        if isinstance(ev, RunFinished):
+            if opts.has_thoughts:
+                st.end_node(ev.outputs)
+            n += 1
+            yield _chunk(
+                n,
+                {
+                    "output": st.output("stop"),
+                    "usage": st.usage_dict(ev.usage),
+                    "request_id": opts.request_id,
+                },
+            )
+            return
+        if st.apply(ev):
+            n += 1
+            yield _chunk(
+                n,
+                {
+                    "output": st.output("null"),
+                    "usage": st.usage_dict(),
+                    "request_id": opts.request_id,
+                },
+            )
+
+
+async def collect(
+    events: AsyncIterator[RunEvent], opts: Options
+) -> tuple[dict[str, Any] | None, ErrorInfo | None]:
+    st = _State(
+        Options(
+            opts.session_id,
+            opts.request_id,
+            opts.answer_key,
+            False,
+            opts.has_thoughts,
+            opts.inputs,
+            opts.display_names,
+        )
+    )
+    async for ev in events:
+        if isinstance(ev, RunFailed):
+            return None, ev.error
+        if isinstance(ev, RunFinished):
+            if opts.has_thoughts:
+                st.end_node(ev.outputs)
+            st.text = output_text(ev.outputs.get(opts.answer_key))
+            out = st.output("stop")
+            if not opts.has_thoughts:
+                out["thoughts"] = None
+            return {
+                "output": out,
+                "usage": st.usage_dict(ev.usage),
+                "request_id": opts.request_id,
+            }, None
+        st.apply(ev)
+    return None, ErrorInfo("RunCanceled", "the run ended without a result")

@@ -1,0 +1,151 @@
+"""``POST /api/v1/apps/{app_id}/completion``: Bailian's application-call API (seed 003)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from flowhost.exceptions import InvalidInput
+from flowhost.server.errors import register_renderer
+from flowhost.service import RunRequest, new_session_id
+from flowhost.wire.chat import split_messages
+from flowhost.wire.dashscope import adapter
+from flowhost.wire.dashscope.models import AppRequest, AppResponse
+from flowhost.wire.http import (
+    SSE_HEADERS,
+    get_service,
+    read_json_object,
+    request_id,
+    until_disconnect,
+)
+from flowhost.wire.sse import dumps
+
+__all__ = ["render_dashscope_error", "router"]
+
+router = APIRouter(prefix="/api/v1", tags=["Bailian application API"])
+
+
+def render_dashscope_error(
+    status: int, code: str, message: str, field: str | None, rid: str
+) -> Response:
+    return JSONResponse(adapter.error_body(code, message, rid), status_code=status)
+
+
+register_renderer("/api/v1/apps/", render_dashscope_error)
+
+
+def _wants_stream(request: Request) -> bool:
+    return request.headers.get(
+        "x-dashscope-sse", ""
+    ).lower() == "enable" or "text/event-stream" in request.headers.get("accept", "")
+
+
+def _parse(body: dict[str, Any]) -> AppRequest:
+    try:
+        return AppRequest.model_validate(body)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise InvalidInput(f"{field}: {err['msg']}", field=field) from None
+
+
+def _dict_of_dicts(value: Any, name: str) -> dict[str, dict[str, Any]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise InvalidInput(
+            f"input.biz_params.{name} must map plugin codes to objects",
+            field=f"input.biz_params.{name}",
+        )
+    return value
+
+
+@router.post(
+    "/apps/{app_id}/completion",
+    summary="Call an app (Bailian-compatible)",
+    response_model=AppResponse,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": AppRequest.model_json_schema()}},
+        }
+    },
+)
+async def completion(request: Request, app_id: str) -> Response:
+    svc = get_service(request)
+    req = _parse(await read_json_object(request))
+    app = svc.apps.get(app_id)
+    flow = app.flow
+    inp, params = req.input, req.parameters
+    if inp.memory_id is not None:
+        raise InvalidInput(
+            "input.memory_id: long-term memory is not enabled on this server",
+            field="input.memory_id",
+        )
+    if params.rag_options is not None:
+        raise InvalidInput(
+            "parameters.rag_options: knowledge bases are not enabled on this server",
+            field="parameters.rag_options",
+        )
+    biz = dict(inp.biz_params or {})
+    udp = _dict_of_dicts(biz.pop("user_defined_params", None), "user_defined_params")
+    udt = _dict_of_dicts(biz.pop("user_defined_tokens", None), "user_defined_tokens")
+    inputs: dict[str, Any] = {k: v for k, v in biz.items() if k in flow.spec.inputs}
+    history = None
+    prompt = inp.prompt
+    if inp.messages:
+        last, history = split_messages(
+            inp.messages, chat_input=flow.chat_input or "prompt", chat_output=flow.chat_output
+        )
+        prompt = last if prompt is None else prompt
+    if prompt is None and not inputs:
+        raise InvalidInput("input.prompt (or input.messages) is required", field="input.prompt")
+    if prompt is not None:
+        target = flow.chat_input or _prompt_input(flow.spec.inputs, inputs)
+        if target is not None:
+            inputs.setdefault(target, prompt)
+    prepared = await svc.prepare(
+        RunRequest(
+            app_id=app.app_id,
+            inputs=inputs,
+            protocol="dashscope",
+            request_id=request_id(request),
+            session_id=inp.session_id,
+            user_id=request.headers.get("chat-user-id"),
+            history=history if history and not inp.session_id else None,
+            user_defined_params=udp,
+            user_defined_tokens=udt,
+        )
+    )
+    opts = adapter.Options(
+        session_id=prepared.session_id or inp.session_id or new_session_id(),
+        request_id=prepared.ctx.request_id,
+        answer_key=flow.chat_output or next(iter(flow.outputs), "text"),
+        incremental=bool(params.incremental_output),
+        has_thoughts=bool(params.has_thoughts),
+        inputs=prepared.inputs,
+        display_names={n: c.spec.display_name or n for n, c in flow.nodes.items()},
+    )
+    if _wants_stream(request):
+        return StreamingResponse(
+            adapter.stream(prepared.events(), opts),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+    body, error = await until_disconnect(request, lambda: adapter.collect(prepared.events(), opts))
+    if error is not None or body is None:
+        assert error is not None
+        message = error.message
+        return JSONResponse(
+            adapter.error_body(error.code, message, opts.request_id), status_code=error.status
+        )
+    return Response(dumps(body), media_type="application/json")
+
+
+def _prompt_input(specs: dict[str, Any], given: dict[str, Any]) -> str | None:
+    """For non-chat flows: the one string input the request has not filled yet."""
+    free = [k for k, s in specs.items() if k not in given and s.type == "string"]
+    return free[0] if len(free) == 1 else None

@@ -1,0 +1,128 @@
+"""``POST /v1/chat/completions`` and ``GET /v1/models``: the OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import time
+
+import pydantic
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from flowhost.exceptions import InvalidInput, NotFound
+from flowhost.server.errors import register_renderer, render_error_info
+from flowhost.service import RunRequest
+from flowhost.wire.chat import split_messages
+from flowhost.wire.http import (
+    SSE_HEADERS,
+    get_service,
+    read_json_object,
+    request_id,
+    until_disconnect,
+)
+from flowhost.wire.openai import adapter
+from flowhost.wire.openai.models import ChatCompletionRequest, ModelCard, ModelList
+from flowhost.wire.simple.routes import session_headers
+from flowhost.wire.sse import dumps
+
+__all__ = ["render_openai_error", "router"]
+
+router = APIRouter(prefix="/v1", tags=["OpenAI compatible"])
+_STARTED = int(time.time())
+
+
+def render_openai_error(
+    status: int, code: str, message: str, field: str | None, rid: str
+) -> Response:
+    headers = {"x-should-retry": "false"} if status >= 500 else None
+    return JSONResponse(
+        adapter.error_body(status, code, message, field), status_code=status, headers=headers
+    )
+
+
+register_renderer("/v1/", render_openai_error)
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+@router.get("/models", summary="The served apps, as models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    apps = get_service(request).apps
+    ids = ["default", *(a for a in apps.apps if a != "default")]
+    return ModelList(data=[ModelCard(id=i, created=_STARTED) for i in ids])
+
+
+@router.post(
+    "/chat/completions",
+    summary="Chat with an app",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}},
+        }
+    },
+)
+async def chat_completions(request: Request) -> Response:
+    svc = get_service(request)
+    try:
+        body = ChatCompletionRequest.model_validate(await read_json_object(request))
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise InvalidInput(f"{field}: {err['msg']}", field=field) from None
+    try:
+        app = svc.apps.get(body.model)
+    except NotFound as exc:
+        raise ModelNotFound(exc.message) from None
+    flow = app.flow
+    if flow.chat_input is None:
+        raise InvalidInput(
+            f"app {app.app_id!r} is not a chat flow (no input has is_chat_input: true)",
+            field="model",
+        )
+    if body.memory_id is not None:
+        raise InvalidInput(
+            "memory_id: long-term memory is not enabled on this server", field="memory_id"
+        )
+    if body.rag_options is not None:
+        raise InvalidInput(
+            "rag_options: knowledge bases are not enabled on this server", field="rag_options"
+        )
+    prompt, history = split_messages(
+        [m.model_dump() for m in body.messages],
+        chat_input=flow.chat_input,
+        chat_output=flow.chat_output,
+    )
+    session_id = request.headers.get("chat-session-id")
+    prepared = await svc.prepare(
+        RunRequest(
+            app_id=app.app_id,
+            inputs={flow.chat_input: prompt},
+            protocol="openai",
+            request_id=request_id(request),
+            session_id=session_id,
+            user_id=request.headers.get("chat-user-id") or body.user,
+            use_session=session_id is not None,
+            history=None if session_id else history,
+        )
+    )
+    key = flow.chat_output or next(iter(flow.outputs), "answer")
+    completion = adapter.Completion.new(prepared.run_id, body.model, key)
+    headers = session_headers(prepared)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            adapter.stream(prepared.events(), completion, include_usage=include_usage),
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, **headers},
+        )
+    result, error = await until_disconnect(
+        request, lambda: adapter.collect(prepared.events(), completion)
+    )
+    if error is not None or result is None:
+        assert error is not None
+        resp = render_error_info(request.url.path, error, prepared.ctx.request_id)
+        resp.headers.update(headers)
+        return resp
+    return Response(dumps(result), media_type="application/json", headers=headers)
