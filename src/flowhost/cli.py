@@ -51,8 +51,18 @@ def main() -> None:
 @click.option("--max-body-bytes", type=int, help="request body limit [10 MiB]")
 @click.option("--node-timeout", type=float, help="per-node timeout in seconds [600]")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+# tracing
+@click.option("--enable-tracing/--disable-tracing", default=None, help="trace every run [on]")
+@click.option(
+    "--trace-content",
+    type=click.Choice(["on", "off"]),
+    help="record inputs, outputs, prompts and completions in spans [on]",
+)
+@click.option("--trace-retention-days", type=float, help="local span store retention [7; 0: keep]")
 def serve(path: Path | None, **options: Any) -> None:
     """Serve the flow folder (or folder of flow folders) PATH."""
+    if options.get("trace_content") is not None:  # tracing
+        options["trace_content"] = options["trace_content"] == "on"
     overrides = {k: v for k, v in options.items() if v is not None}
     if path is not None:
         overrides["flows"] = path
@@ -123,3 +133,33 @@ def validate(flow: Path) -> None:
             f"ok  {app.app_id}: {len(f.nodes)} nodes, inputs {list(f.spec.inputs)}, "
             f"outputs {list(f.spec.outputs)}" + (" (chat)" if f.is_chat else "")
         )
+
+
+@main.group()
+def db() -> None:
+    """Manage the SQL store (sessions, history)."""
+
+
+@db.command("upgrade")
+@click.option("--database-url", envvar="FLOWHOST_DATABASE_URL", help="[SQLite in --data-dir]")
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=Path(".flowhost"), show_default=True
+)
+@click.option(
+    "--service-name", required=True, envvar="FLOWHOST_SERVICE_NAME", help="table name suffix"
+)
+def db_upgrade(database_url: str | None, data_dir: Path, service_name: str) -> None:
+    """Create or migrate the tables of SERVICE (serve does this at start, too)."""
+    from flowhost.store import Store, StoreError
+
+    async def go() -> str:
+        store = await Store.open(database_url, data_dir=data_dir, service=service_name)
+        try:
+            return f"ok  {store.dialect} database, service {store.service!r}: tables up to date"
+        finally:
+            await store.close()
+
+    try:
+        click.echo(asyncio.run(go()))
+    except StoreError as exc:
+        raise click.ClickException(exc.message) from None

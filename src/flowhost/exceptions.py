@@ -12,6 +12,7 @@ protocol has exactly one function that maps this tree to its own status code and
     │   ├── Forbidden                 403: e.g. a session owned by another user
     │   ├── NotFound                  404: unknown app, session, message, ...
     │   └── PayloadTooLarge           413: body over the configured limit
+    ├── ServiceUnavailable            503: a backing service (database, vector store) is down
     └── RunError                      a run failed after it started
         ├── NodeError                 a node raised (its name and message are kept)
         │   ├── NodeTimeout           a node ran past its timeout
@@ -36,6 +37,7 @@ __all__ = [
     "RequestError",
     "RunCanceled",
     "RunError",
+    "ServiceUnavailable",
     "Unauthorized",
 ]
 
@@ -106,6 +108,11 @@ class NotFound(RequestError):
 class PayloadTooLarge(RequestError):
     status = 413
     code = "RequestTooLarge"
+
+
+class ServiceUnavailable(FlowhostError):
+    status = 503
+    code = "ServiceUnavailable"
 
 
 class RunError(FlowhostError):

@@ -9,6 +9,7 @@ so a turn is stored before its last byte leaves.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import secrets
 import time
@@ -17,16 +18,27 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import anyio
+
 from flowhost.apps import App, AppRegistry
 from flowhost.config import Settings
 from flowhost.engine.context import RunContext
-from flowhost.engine.events import RunEvent, RunFailed, RunFinished
+from flowhost.engine.events import ErrorInfo, RunEvent, RunFailed, RunFinished
 from flowhost.engine.executor import execute
-from flowhost.exceptions import InvalidInput
+from flowhost.exceptions import FlowhostError, InvalidInput
 from flowhost.flows.inputs import coerce_inputs
 
-__all__ = ["HistoryBackend", "PreparedRun", "RunRequest", "RunService", "new_session_id"]
+__all__ = [
+    "HistoryBackend",
+    "PreparedRun",
+    "RunObservation",
+    "RunRequest",
+    "RunService",
+    "RunSink",
+    "new_session_id",
+]
 
+log = logging.getLogger("flowhost.service")
 SESSION_ID_RULE = re.compile(r"^[A-Za-z0-9_:\-]{32,255}$")
 
 
@@ -70,6 +82,23 @@ class HistoryBackend(Protocol):
     ) -> None: ...
 
 
+class RunObservation(Protocol):
+    """One run as a sink sees it (e.g. its trace). Must never raise into the run."""
+
+    trace_id: str
+
+    def on_event(self, event: RunEvent) -> None: ...
+
+    def close(self, final: RunEvent | None) -> None: ...
+
+
+class RunSink(Protocol):
+    """Observes every run: ``open`` is called in ``prepare`` (inside the request's context, so
+    an incoming ``traceparent`` is continued), then each event, then ``close``."""
+
+    def open(self, prepared: PreparedRun) -> RunObservation | None: ...
+
+
 @dataclass(slots=True)
 class PreparedRun:
     """A validated run, ready to start. ``session_id`` is set when history is in use."""
@@ -81,6 +110,12 @@ class PreparedRun:
     session_id: str | None
     protocol: str
     started_at: float = field(default_factory=time.time)
+    observations: list[RunObservation] = field(default_factory=list)
+
+    @property
+    def trace_id(self) -> str:
+        """The run's OpenTelemetry trace id (32 hex), or "" when tracing is off."""
+        return next((o.trace_id for o in self.observations if o.trace_id), "")
 
     @property
     def run_id(self) -> str:
@@ -96,28 +131,58 @@ class PreparedRun:
             self.ctx,
             self.app.services,
             node_timeout=svc.settings.node_timeout,
+            trace_id=self.trace_id,
         )
+        observe = [o.on_event for o in self.observations]
         try:
             async with contextlib.aclosing(stream):
                 async for event in stream:
                     if isinstance(event, RunFinished | RunFailed):
                         final = event
                         if self.session_id is not None and svc.history is not None:
-                            await svc.history.record_turn(self.app, self, final, self.protocol)
+                            event = await self._record(svc.history, event)
+                    for on_event in observe:
+                        on_event(event)
                     yield event
         finally:
+            for o in self.observations:
+                o.close(final)
             if final is None and self.session_id is not None and svc.history is not None:
-                with contextlib.suppress(Exception):
-                    await svc.history.record_turn(self.app, self, None, self.protocol)
+                # the client went away: record the canceled turn even while being cancelled
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await svc.history.record_turn(self.app, self, None, self.protocol)
+                    except Exception as exc:
+                        log.error(
+                            "run %s: recording the canceled turn failed: %s", self.run_id, exc
+                        )
+
+    async def _record(self, history: HistoryBackend, final: RunFinished | RunFailed) -> RunEvent:
+        """Store the turn; a run whose turn cannot be stored is reported as failed."""
+        try:
+            await history.record_turn(self.app, self, final, self.protocol)
+        except FlowhostError as exc:
+            log.error("run %s: storing the turn failed: %s", self.run_id, exc.message)
+            if isinstance(final, RunFinished):
+                err = ErrorInfo(
+                    exc.code, f"the answer could not be saved: {exc.message}", status=exc.status
+                )
+                return RunFailed(final.run_id, err, final.duration, time.time(), final.usage)
+        return final
 
 
 class RunService:
     def __init__(
-        self, apps: AppRegistry, settings: Settings, history: HistoryBackend | None = None
+        self,
+        apps: AppRegistry,
+        settings: Settings,
+        history: HistoryBackend | None = None,
+        sinks: list[RunSink] | None = None,
     ) -> None:
         self.apps = apps
         self.settings = settings
         self.history = history
+        self.sinks: list[RunSink] = sinks or []
 
     def uses_history(self, app: App) -> bool:
         return self.settings.history and self.history is not None and app.flow.is_chat
@@ -158,4 +223,9 @@ class RunService:
             user_defined_params=req.user_defined_params,
             user_defined_tokens=req.user_defined_tokens,
         )
-        return PreparedRun(self, app, coerced, ctx, session_id, req.protocol)
+        prepared = PreparedRun(self, app, coerced, ctx, session_id, req.protocol)
+        for sink in self.sinks:
+            observation = sink.open(prepared)
+            if observation is not None:
+                prepared.observations.append(observation)
+        return prepared

@@ -12,21 +12,46 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from flowhost import __version__
+from flowhost import (
+    __version__,
+    web,  # console
+)
 from flowhost.apps import AppRegistry
 from flowhost.config import Settings
-from flowhost.exceptions import FlowhostError, InvalidInput, NotFound, RequestError
+from flowhost.exceptions import (
+    FlowhostError,
+    InvalidInput,
+    NotFound,
+    RequestError,
+    ServiceUnavailable,
+)
+from flowhost.history import StoreHistory
 from flowhost.llm.client import LLMClient
 from flowhost.server.errors import render_error
 from flowhost.server.middleware import RequestContextMiddleware
 from flowhost.service import RunService
+from flowhost.store import Store, StoreError
+from flowhost.tracing import TraceContextMiddleware, build_tracing  # tracing
 from flowhost.wire.complete.routes import router as complete_router
 from flowhost.wire.dashscope.routes import router as dashscope_router
+from flowhost.wire.history.routes import router as history_router
 from flowhost.wire.http import request_id
 from flowhost.wire.openai.routes import router as openai_router
 from flowhost.wire.simple.routes import router as simple_router
+from flowhost.wire.traces.routes import router as traces_router  # tracing
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "open_store"]
+
+
+async def open_store(settings: Settings) -> Store:
+    """Open (and migrate) the SQL store named by the settings; fail with a clear message."""
+    service = settings.service_name or settings.flows.resolve().name
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    try:
+        return await Store.open(url, data_dir=settings.data_dir, service=service)
+    except StoreError as exc:
+        raise ServiceUnavailable(f"cannot open the database: {exc.message}") from exc
+
 
 log = logging.getLogger("flowhost.server")
 
@@ -62,13 +87,26 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
     """Build the ASGI app. Loads (and validates) every flow now, so bad flows fail fast."""
     llm = LLMClient()
     apps = apps or AppRegistry.load(settings.flows, default_app=settings.default_app, llm=llm)
-    service = RunService(apps, settings)
+    tracing = build_tracing(settings, apps)  # tracing: None with --disable-tracing
+    service = RunService(apps, settings, sinks=[tracing.sink] if tracing else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store: Store | None = None
         try:
+            if settings.history or tracing is not None:  # tracing: spans live in the store
+                store = await open_store(settings)
+            if settings.history and store is not None:
+                service.history = StoreHistory(store)
+            if tracing is not None:  # tracing
+                await tracing.start(store)
             yield
         finally:
+            if tracing is not None:  # tracing: flush spans before the store closes
+                await tracing.aclose()
+            service.history = None
+            if store is not None:
+                await store.close()
             await llm.aclose()
 
     app = FastAPI(
@@ -82,6 +120,7 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
     app.state.settings = settings
     app.state.service = service
     app.state.apps = apps
+    app.state.tracing = tracing  # tracing
     _install_error_handlers(app)
 
     @app.get("/health", tags=["health"], summary="Liveness")
@@ -112,6 +151,11 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
     app.include_router(complete_router)
     app.include_router(openai_router)
     app.include_router(dashscope_router)
+    app.include_router(history_router)
+    app.include_router(traces_router)  # tracing
+    if tracing is not None:  # tracing: continue an incoming W3C traceparent
+        app.add_middleware(TraceContextMiddleware)
+    web.mount(app)  # console at /ui
     app.add_middleware(
         RequestContextMiddleware,
         token=settings.token_value,

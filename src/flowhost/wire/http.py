@@ -10,13 +10,14 @@ from typing import Any, TypeVar
 from fastapi import Request
 
 from flowhost.exceptions import InvalidInput, RunCanceled
-from flowhost.service import RunService
+from flowhost.service import PreparedRun, RunService
 
 __all__ = [
     "MAX_JSON_DEPTH",
     "get_service",
     "read_json_object",
     "request_id",
+    "run_headers",
     "until_disconnect",
     "wants_sse",
 ]
@@ -24,6 +25,16 @@ __all__ = [
 T = TypeVar("T")
 MAX_JSON_DEPTH = 64
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def run_headers(prepared: PreparedRun) -> dict[str, str]:
+    """Headers every protocol returns for a run: the chat session and the trace id."""
+    headers: dict[str, str] = {}
+    if prepared.session_id:
+        headers["Chat-Session-Id"] = prepared.session_id
+    if prepared.trace_id:
+        headers["X-Trace-Id"] = prepared.trace_id
+    return headers
 
 
 def get_service(request: Request) -> RunService:

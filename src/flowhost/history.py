@@ -1,0 +1,101 @@
+"""Chat history: the run service's HistoryBackend on top of the SQL store.
+
+A turn is written when its run ends, before the protocol sends its last byte, so a response the
+client saw complete is never lost. Failed and canceled runs are recorded with their status and
+never fed back as history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from flowhost.apps import App
+from flowhost.engine.events import RunEvent, RunFailed, RunFinished
+from flowhost.exceptions import Forbidden, InvalidInput, NotFound, ServiceUnavailable
+from flowhost.service import PreparedRun
+from flowhost.store import (
+    NewTurn,
+    SessionAccessDenied,
+    SessionNotFound,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    TurnNotFound,
+)
+
+__all__ = ["StoreHistory", "translate_store_errors"]
+
+
+@contextlib.asynccontextmanager
+async def translate_store_errors() -> AsyncIterator[None]:
+    """Store errors -> flowhost's error tree (403 / 404 / 503)."""
+    try:
+        yield
+    except SessionAccessDenied:
+        raise Forbidden("this session belongs to another user (Chat-User-Id)") from None
+    except (SessionNotFound, TurnNotFound) as exc:
+        raise NotFound(exc.message) from None
+    except StoreUnavailable as exc:
+        raise ServiceUnavailable(f"the history database is unavailable: {exc.message}") from None
+    except ValueError as exc:  # a value longer than its column
+        raise InvalidInput(str(exc)) from None
+    except StoreError as exc:
+        raise ServiceUnavailable(exc.message) from None
+
+
+class StoreHistory:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def open_session(
+        self, app: App, session_id: str, user_id: str | None, title: str | None
+    ) -> None:
+        async with translate_store_errors():
+            await self.store.chats.ensure_session(
+                session_id, app_id=app.app_id, user_id=user_id, title=title
+            )
+
+    async def load_history(self, session_id: str, max_turns: int) -> list[dict[str, Any]]:
+        async with translate_store_errors():
+            turns = await self.store.chats.history(session_id, max_turns=max_turns)
+        return [{"inputs": t.inputs, "outputs": t.outputs or {}} for t in turns]
+
+    async def record_turn(
+        self, app: App, prepared: PreparedRun, final: RunEvent | None, protocol: str
+    ) -> None:
+        assert prepared.session_id is not None
+        hist_key = app.flow.chat_history
+        inputs = {k: v for k, v in prepared.inputs.items() if k != hist_key}
+        outputs: dict[str, Any] | None = None
+        error: dict[str, Any] | None = None
+        usage: dict[str, Any] | None = None
+        if isinstance(final, RunFinished):
+            status, outputs, duration = "completed", final.outputs, final.duration
+            usage = {
+                u.model: {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens}
+                for u in final.usage
+            }
+        elif isinstance(final, RunFailed):
+            status, error, duration = "failed", final.error.to_dict(), final.duration
+        else:
+            status, error, duration = (
+                "canceled",
+                {"code": "RunCanceled", "message": "the client disconnected"},
+                None,
+            )
+        turn = NewTurn(
+            session_id=prepared.session_id,
+            run_id=prepared.run_id,
+            app_id=app.app_id,
+            inputs=inputs,
+            outputs=outputs,
+            status=status,  # type: ignore[arg-type]
+            error=error,
+            protocol=protocol,
+            duration_ms=round(duration * 1000) if duration is not None else None,
+            usage=usage or None,
+        )
+        async with translate_store_errors():
+            await self.store.chats.append_turn(turn)

@@ -1,0 +1,162 @@
+"""Migrations: per-service tables, idempotent, safe under concurrent starts, equal to schema.py."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, MetaData, inspect, text
+
+import flowhost.store
+from flowhost.store import Store, upgrade
+from flowhost.store.migrate import alembic_config
+from flowhost.store.names import service_names
+from flowhost.store.schema import tables_for
+
+OpenStore = Callable[..., Awaitable[Store]]
+
+pytestmark = pytest.mark.anyio
+
+
+def _service_tables(store: Store) -> set[str]:
+    names = service_names(store.service)
+    return {names.session_table, names.history_table, names.version_table}
+
+
+async def _table_names(store: Store) -> set[str]:
+    async with store.engine.connect() as conn:
+        return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+
+
+def _head(store: Store) -> list[str]:
+    script = ScriptDirectory.from_config(alembic_config(service_names(store.service)))
+    return [script.get_current_head() or ""]
+
+
+async def _version(store: Store) -> list[str]:
+    table = service_names(store.service).version_table
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(text(f"SELECT version_num FROM {table}"))
+        return [row[0] for row in rows]
+
+
+async def test_open_creates_the_service_tables(open_store: OpenStore, service: str) -> None:
+    store = await open_store()
+    assert _service_tables(store) <= await _table_names(store)
+    assert await _version(store) == _head(store)
+    assert store.service == service
+    assert store.dialect in ("sqlite", "mysql", "postgresql")
+
+
+async def test_second_open_is_a_noop(open_store: OpenStore) -> None:
+    first = await open_store()
+    await first.chats.ensure_session("s" * 32, app_id="app", user_id=None)
+    second = await open_store()
+    assert await _version(second) == _head(second)
+    assert (await second.chats.get_session("s" * 32, user_id=None)).app_id == "app"
+    await upgrade(str(second.engine.url.render_as_string(hide_password=False)), second.service)
+    assert await _version(second) == _head(second)
+
+
+async def test_open_without_migrate_only_pings(open_store: OpenStore) -> None:
+    store = await open_store(migrate=False)
+    await store.ping()
+    assert not (_service_tables(store) & await _table_names(store))
+
+
+async def test_concurrent_upgrades_in_one_process(store_url: str, service: str) -> None:
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(upgrade, store_url, service)
+    async with anyio.create_task_group() as tg:  # and again, at head already
+        tg.start_soon(upgrade, store_url, service)
+        tg.start_soon(upgrade, store_url, service)
+
+
+async def test_concurrent_upgrades_in_two_processes(
+    store_url: str, service: str, tmp_path: Path
+) -> None:
+    src = Path(flowhost.store.__file__).parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+    }
+    snippet = (
+        "import sys, anyio; from flowhost.store import upgrade; "
+        "anyio.run(upgrade, sys.argv[1], sys.argv[2])"
+    )
+    results: list[anyio.abc.Process] = []
+    started = time.monotonic()
+
+    async def run() -> None:
+        process = await anyio.run_process(
+            [sys.executable, "-c", snippet, store_url, service], env=env, check=False
+        )
+        results.append(process)  # type: ignore[arg-type]
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        tg.start_soon(run)
+    for process in results:
+        assert process.returncode == 0, process.stderr.decode()  # type: ignore[union-attr]
+    assert time.monotonic() - started < 60
+    store = await Store.open(store_url, data_dir=tmp_path, service=service, migrate=False)
+    try:
+        assert await _version(store) == _head(store)
+        assert _service_tables(store) <= await _table_names(store)
+    finally:
+        await store.close()
+
+
+async def test_services_share_a_database_apart(
+    store_url: str,
+    service: str,
+    tmp_path: Path,
+    drop_tables: Callable[[str, str], Awaitable[None]],
+) -> None:
+    other = f"{service}_b"
+    first = await Store.open(store_url, data_dir=tmp_path, service=service)
+    second = await Store.open(store_url, data_dir=tmp_path, service=other)
+    try:
+        await first.chats.ensure_session("x" * 32, app_id="a", user_id=None)
+        assert (await second.chats.list_sessions(user_id=None, app_id=None, limit=10, offset=0))[
+            1
+        ] == 0
+        assert (await first.chats.list_sessions(user_id=None, app_id=None, limit=10, offset=0))[
+            1
+        ] == 1
+    finally:
+        await first.close()
+        await second.close()
+        await drop_tables(store_url, other)
+
+
+def _diff(conn: Connection, service: str) -> list[Any]:
+    names = service_names(service)
+    ours = {names.session_table, names.history_table}
+
+    def include_name(name: str | None, type_: str, _parent: object) -> bool:
+        return type_ != "table" or name in ours
+
+    context = MigrationContext.configure(
+        conn, opts={"include_name": include_name, "compare_type": True}
+    )
+    metadata = MetaData()
+    tables_for(names, metadata)
+    return list(compare_metadata(context, metadata))
+
+
+async def test_migrations_match_the_schema_module(open_store: OpenStore) -> None:
+    store = await open_store()
+    async with store.engine.connect() as conn:
+        diff = await conn.run_sync(_diff, store.service)
+    assert diff == []
