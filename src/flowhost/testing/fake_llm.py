@@ -342,6 +342,7 @@ class FakeLLM:
         self._lock = threading.Lock()
         self._queue: deque[Reply] = deque()
         self._default = Reply()
+        self._by_model: dict[str, Reply] = {}
         self._requests: list[RecordedRequest] = []
         self._disconnects: list[Disconnect] = []
         self._server: uvicorn.Server | None = None
@@ -367,10 +368,23 @@ class FakeLLM:
         with self._lock:
             self._default = reply or Reply()
 
+    def set_model_reply(self, model: str, reply: Reply | None) -> None:
+        """Answer every chat request for ``model`` with ``reply``, over directives and the queue.
+
+        Lets a test script one caller (e.g. memory extraction with its own model) while other
+        requests to the same fake carry directives for their own replies.
+        """
+        with self._lock:
+            if reply is None:
+                self._by_model.pop(model, None)
+            else:
+                self._by_model[model] = reply
+
     def reset(self) -> None:
-        """Forget recorded requests, disconnects, queued replies and the default reply."""
+        """Forget recorded requests, disconnects, queued and per-model replies, the default."""
         with self._lock:
             self._queue.clear()
+            self._by_model.clear()
             self._default = Reply()
             self._requests.clear()
             self._disconnects.clear()
@@ -420,7 +434,10 @@ class FakeLLM:
         users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
         scripted, echo = _parse_directives(users[-1] if users else "")
         with self._lock:
-            queued = self._queue.popleft() if self._queue else Reply()
+            by_model = self._by_model.get(str(body.get("model")))
+            if by_model is not None:
+                scripted = by_model
+            queued = self._queue.popleft() if self._queue and by_model is None else Reply()
             reply = scripted.over(queued.over(self._default))
         if reply.chunks is not None:
             pieces = list(reply.chunks)

@@ -6,12 +6,15 @@ Streaming frames are exactly Bailian's (CLIENTS.md): ``id:N`` / ``event:result``
 With ``has_thoughts`` every chunk lists each node's progress as ``{"response": "<JSON string>"}``
 with nodeId / nodeName / nodeType / nodeStatus (executing, success, failed) / nodeExecTime /
 nodeResult, starting with a Start node (the inputs) and ending with an End node (the outputs).
+The caller's ``user_defined_tokens`` values are scrubbed from every nodeResult: thoughts are a
+per-node trace, and tokens are never traced.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flowhost.engine.events import (
@@ -29,10 +32,11 @@ from flowhost.engine.events import (
     RunStarted,
 )
 from flowhost.engine.executor import sum_usage
-from flowhost.wire.chat import output_text
+from flowhost.tracing.attributes import MIN_SECRET_LEN, REDACTED
+from flowhost.wire.chat import aclose, output_text
 from flowhost.wire.sse import dumps, sse
 
-__all__ = ["Options", "collect", "error_body", "stream"]
+__all__ = ["Options", "collect", "error_body", "secrets_of", "stream"]
 
 NODE_TYPES = {
     "llm": "LLM",
@@ -55,6 +59,35 @@ class Options:
     has_thoughts: bool = False
     inputs: dict[str, Any] = field(default_factory=dict)
     display_names: dict[str, str] = field(default_factory=dict)
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    """``user_defined_tokens`` values: scrubbed from thoughts (a per-node trace on the wire)."""
+
+
+def secrets_of(tokens: Any) -> tuple[str, ...]:
+    """Every string (of at least MIN_SECRET_LEN characters) inside ``user_defined_tokens``."""
+    out: list[str] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, str):
+            if len(v) >= MIN_SECRET_LEN:
+                out.append(v)
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list | tuple):
+            for x in v:
+                walk(x)
+
+    walk(tokens)
+    return tuple(sorted(set(out), key=len, reverse=True))
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        for form in (secret, json.dumps(secret, ensure_ascii=False)[1:-1]):
+            if form in text:
+                text = text.replace(form, REDACTED)
+    return text
 
 
 @dataclass(slots=True)
@@ -69,7 +102,7 @@ class _Node:
     streamed: bool = False
     structured: Any = None
 
-    def response(self, incremental: bool) -> dict[str, str]:
+    def response(self, incremental: bool, secrets: tuple[str, ...] = ()) -> dict[str, str]:
         d: dict[str, Any] = {
             "nodeId": self.node_id,
             "nodeName": self.name,
@@ -83,6 +116,8 @@ class _Node:
         else:
             result = self.pending if incremental and self.streamed else self.full
             d["nodeResult"] = dumps({"result": result})
+        if secrets:
+            d["nodeResult"] = _scrub(d["nodeResult"], secrets)
         self.pending = ""
         return {"response": dumps(d)}
 
@@ -146,7 +181,7 @@ class _State:
         self.new_text = ""
         out: dict[str, Any] = {"session_id": o.session_id, "finish_reason": finish, "text": text}
         if o.has_thoughts:
-            out["thoughts"] = [n.response(o.incremental) for n in self.nodes.values()]
+            out["thoughts"] = [n.response(o.incremental, o.secrets) for n in self.nodes.values()]
         out["doc_references"] = self.references or None
         return out
 
@@ -195,64 +230,60 @@ def _error_frame(n: int, err: ErrorInfo, request_id: str) -> bytes:
 async def stream(events: AsyncIterator[RunEvent], opts: Options) -> AsyncIterator[bytes]:
     st = _State(opts)
     n = 0
-    async for ev in events:
-        if isinstance(ev, RunFailed):
-            n += 1
-            yield _error_frame(n, ev.error, opts.request_id)
-            return
-        if isinstance(ev, RunFinished):
-            if opts.has_thoughts:
-                st.end_node(ev.outputs)
-            n += 1
-            yield _chunk(
-                n,
-                {
-                    "output": st.output("stop"),
-                    "usage": st.usage_dict(ev.usage),
-                    "request_id": opts.request_id,
-                },
-            )
-            return
-        if st.apply(ev):
-            n += 1
-            yield _chunk(
-                n,
-                {
-                    "output": st.output("null"),
-                    "usage": st.usage_dict(),
-                    "request_id": opts.request_id,
-                },
-            )
+    try:
+        async for ev in events:
+            if isinstance(ev, RunFailed):
+                n += 1
+                yield _error_frame(n, ev.error, opts.request_id)
+                return
+            if isinstance(ev, RunFinished):
+                if opts.has_thoughts:
+                    st.end_node(ev.outputs)
+                n += 1
+                yield _chunk(
+                    n,
+                    {
+                        "output": st.output("stop"),
+                        "usage": st.usage_dict(ev.usage),
+                        "request_id": opts.request_id,
+                    },
+                )
+                return
+            if st.apply(ev):
+                n += 1
+                yield _chunk(
+                    n,
+                    {
+                        "output": st.output("null"),
+                        "usage": st.usage_dict(),
+                        "request_id": opts.request_id,
+                    },
+                )
+    finally:
+        await aclose(events)
 
 
 async def collect(
     events: AsyncIterator[RunEvent], opts: Options
 ) -> tuple[dict[str, Any] | None, ErrorInfo | None]:
-    st = _State(
-        Options(
-            opts.session_id,
-            opts.request_id,
-            opts.answer_key,
-            False,
-            opts.has_thoughts,
-            opts.inputs,
-            opts.display_names,
-        )
-    )
-    async for ev in events:
-        if isinstance(ev, RunFailed):
-            return None, ev.error
-        if isinstance(ev, RunFinished):
-            if opts.has_thoughts:
-                st.end_node(ev.outputs)
-            st.text = output_text(ev.outputs.get(opts.answer_key))
-            out = st.output("stop")
-            if not opts.has_thoughts:
-                out["thoughts"] = None
-            return {
-                "output": out,
-                "usage": st.usage_dict(ev.usage),
-                "request_id": opts.request_id,
-            }, None
-        st.apply(ev)
-    return None, ErrorInfo("RunCanceled", "the run ended without a result")
+    st = _State(replace(opts, incremental=False))
+    try:
+        async for ev in events:
+            if isinstance(ev, RunFailed):
+                return None, ev.error
+            if isinstance(ev, RunFinished):
+                if opts.has_thoughts:
+                    st.end_node(ev.outputs)
+                st.text = output_text(ev.outputs.get(opts.answer_key))
+                out = st.output("stop")
+                if not opts.has_thoughts:
+                    out["thoughts"] = None
+                return {
+                    "output": out,
+                    "usage": st.usage_dict(ev.usage),
+                    "request_id": opts.request_id,
+                }, None
+            st.apply(ev)
+    finally:
+        await aclose(events)
+    return None, ErrorInfo("RunCanceled", "the run ended without a result", status=499)

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "AppError",
     "AppInput",
     "AppOutput",
     "AppParameters",
@@ -14,6 +15,8 @@ __all__ = [
     "AppResponse",
     "AppUsage",
     "ModelUsageItem",
+    "RagOptions",
+    "Thought",
 ]
 
 
@@ -37,6 +40,22 @@ class AppInput(_Lenient):
     file_list: list[str] | None = None
 
 
+class RagOptions(_Lenient):
+    """Knowledge-base retrieval filters (seed 003). Validated; retrieval is not implemented yet."""
+
+    pipeline_ids: list[str] | None = Field(None, description="knowledge bases to search")
+    file_ids: list[str] | None = Field(None, description="documents to search (in those bases)")
+    tags: str | list[str] | None = Field(None, description="document tags")
+    metadata_filter: dict[str, Any] | None = Field(None, description="document metadata")
+    structured_filter: dict[str, Any] | None = Field(
+        None, description="structured-data header/value pairs"
+    )
+    session_file_ids: list[str] | None = None
+
+    def used(self) -> bool:
+        return any(v not in (None, [], {}, "") for v in self.model_dump().values())
+
+
 class AppParameters(_Lenient):
     incremental_output: bool | None = Field(
         None, description="true: each chunk carries only new text; false/absent: cumulative text"
@@ -44,7 +63,7 @@ class AppParameters(_Lenient):
     has_thoughts: bool | None = Field(
         None, description="stream per-node progress in output.thoughts"
     )
-    rag_options: dict[str, Any] | None = Field(None, description="knowledge-base retrieval filters")
+    rag_options: RagOptions | None = Field(None, description="knowledge-base retrieval filters")
 
 
 class AppRequest(_Lenient):
@@ -64,15 +83,35 @@ class AppUsage(BaseModel):
     models: list[ModelUsageItem] | None = None
 
 
+class Thought(BaseModel):
+    response: str = Field(
+        description="a JSON string: nodeId, nodeName, nodeType, nodeStatus (executing, success, "
+        'failed), nodeExecTime ("1844ms"), nodeResult (the node\'s output as a JSON string)'
+    )
+
+
 class AppOutput(BaseModel):
-    text: str | None = None
-    finish_reason: str
-    session_id: str
-    thoughts: list[dict[str, Any]] | None = None
+    text: str | None = Field(
+        None,
+        description="the answer; while streaming the new text (incremental_output) or all so far",
+    )
+    finish_reason: str = Field(description='"null" (the string) while streaming, "stop" at the end')
+    session_id: str = Field(description="send it as input.session_id to continue the conversation")
+    thoughts: list[Thought] | None = Field(None, description="per-node progress (has_thoughts)")
     doc_references: list[dict[str, Any]] | None = None
 
 
 class AppResponse(BaseModel):
+    """The JSON body, and with ``X-DashScope-SSE: enable`` each ``data:`` line of the stream."""
+
     output: AppOutput
     usage: AppUsage | None = None
+    request_id: str
+
+
+class AppError(BaseModel):
+    """Error body (and the ``data:`` of an ``event:error`` in a stream)."""
+
+    code: str = Field(description="InvalidApiKey, InvalidParameter, NotFound, NodeFailed, ...")
+    message: str
     request_id: str

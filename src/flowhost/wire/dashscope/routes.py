@@ -10,15 +10,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from flowhost.exceptions import InvalidInput
 from flowhost.server.errors import register_renderer
-from flowhost.service import RunRequest, new_session_id
-from flowhost.wire.chat import split_messages
+from flowhost.service import SESSION_ID_RULE, RunRequest, new_session_id
+from flowhost.wire.chat import openapi_schema, split_messages
 from flowhost.wire.dashscope import adapter
-from flowhost.wire.dashscope.models import AppRequest, AppResponse
+from flowhost.wire.dashscope.models import AppError, AppRequest, AppResponse
 from flowhost.wire.http import (
     SSE_HEADERS,
     get_service,
     read_json_object,
     request_id,
+    run_headers,
     until_disconnect,
 )
 from flowhost.wire.sse import dumps
@@ -63,29 +64,69 @@ def _dict_of_dicts(value: Any, name: str) -> dict[str, dict[str, Any]]:
     return value
 
 
+_SSE_ITEM = {
+    "type": "object",
+    "description": "Bailian framing: `id:N`, `event:result` (`event:error` and `status:NNN` for a "
+    "failure), `:HTTP_STATUS/200`, one-line `data:`; no `[DONE]`, the stream ends with the body.",
+    "required": ["data"],
+    "properties": {
+        "id": {"type": "string"},
+        "event": {"type": "string", "enum": ["result", "error"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/AppResponse"},
+                    {"$ref": "#/components/schemas/AppError"},
+                ]
+            },
+        },
+    },
+}
+
+
 @router.post(
     "/apps/{app_id}/completion",
     summary="Call an app (Bailian-compatible)",
+    description="Streams (SSE) with `X-DashScope-SSE: enable` or `Accept: text/event-stream`.",
     response_model=AppResponse,
+    responses={
+        200: {
+            "description": "The answer; streamed, each `data:` line is one AppResponse chunk.",
+            "content": {"text/event-stream": {"itemSchema": _SSE_ITEM}},
+        },
+        400: {"model": AppError, "description": "InvalidParameter: bad body, input or parameter"},
+        401: {"model": AppError, "description": "InvalidApiKey: missing or wrong API key"},
+        404: {"model": AppError, "description": "NotFound: no such app"},
+        500: {"model": AppError, "description": "the run failed (NodeFailed, LLMError, ...)"},
+    },
     openapi_extra={
+        "parameters": [
+            {
+                "name": "app_id",
+                "in": "path",
+                "required": True,
+                "description": "the served app (`GET /apps`); `default` is the default app",
+                "schema": {"type": "string"},
+            }
+        ],
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": AppRequest.model_json_schema()}},
-        }
+            "content": {"application/json": {"schema": openapi_schema(AppRequest)}},
+        },
     },
 )
-async def completion(request: Request, app_id: str) -> Response:
+async def completion(request: Request) -> Response:
+    # app_id is read from the path, not declared, so that FastAPI documents no 422: every
+    # validation error is a 400 InvalidParameter.
+    app_id: str = request.path_params["app_id"]
     svc = get_service(request)
     req = _parse(await read_json_object(request))
     app = svc.apps.get(app_id)
     flow = app.flow
     inp, params = req.input, req.parameters
-    if inp.memory_id is not None:
-        raise InvalidInput(
-            "input.memory_id: long-term memory is not enabled on this server",
-            field="input.memory_id",
-        )
-    if params.rag_options is not None:
+    if params.rag_options is not None and params.rag_options.used():
         raise InvalidInput(
             "parameters.rag_options: knowledge bases are not enabled on this server",
             field="parameters.rag_options",
@@ -94,13 +135,24 @@ async def completion(request: Request, app_id: str) -> Response:
     udp = _dict_of_dicts(biz.pop("user_defined_params", None), "user_defined_params")
     udt = _dict_of_dicts(biz.pop("user_defined_tokens", None), "user_defined_tokens")
     inputs: dict[str, Any] = {k: v for k, v in biz.items() if k in flow.spec.inputs}
+    if inp.session_id is not None and not SESSION_ID_RULE.fullmatch(inp.session_id):
+        raise InvalidInput(
+            "input.session_id must be 32-255 characters of letters, digits, '_', '-' and ':' "
+            "(send back the output.session_id of an earlier call)",
+            field="input.session_id",
+        )
     history = None
     prompt = inp.prompt
     if inp.messages:
-        last, history = split_messages(
-            inp.messages, chat_input=flow.chat_input or "prompt", chat_output=flow.chat_output
+        messages = list(inp.messages)
+        if prompt is not None:  # the prompt is the new turn; every message is history
+            messages.append({"role": "user", "content": prompt})
+        prompt, history = split_messages(
+            messages,
+            chat_input=flow.chat_input or "prompt",
+            chat_output=flow.chat_output,
+            field="input.messages",
         )
-        prompt = last if prompt is None else prompt
     if prompt is None and not inputs:
         raise InvalidInput("input.prompt (or input.messages) is required", field="input.prompt")
     if prompt is not None:
@@ -118,6 +170,7 @@ async def completion(request: Request, app_id: str) -> Response:
             history=history if history and not inp.session_id else None,
             user_defined_params=udp,
             user_defined_tokens=udt,
+            memory_id=inp.memory_id or None,
         )
     )
     opts = adapter.Options(
@@ -128,21 +181,24 @@ async def completion(request: Request, app_id: str) -> Response:
         has_thoughts=bool(params.has_thoughts),
         inputs=prepared.inputs,
         display_names={n: c.spec.display_name or n for n, c in flow.nodes.items()},
+        secrets=adapter.secrets_of(udt),
     )
+    headers = run_headers(prepared)  # X-Trace-Id (the SDK ignores headers; curl users do not)
     if _wants_stream(request):
         return StreamingResponse(
             adapter.stream(prepared.events(), opts),
             media_type="text/event-stream",
-            headers=SSE_HEADERS,
+            headers={**SSE_HEADERS, **headers},
         )
     body, error = await until_disconnect(request, lambda: adapter.collect(prepared.events(), opts))
     if error is not None or body is None:
         assert error is not None
-        message = error.message
         return JSONResponse(
-            adapter.error_body(error.code, message, opts.request_id), status_code=error.status
+            adapter.error_body(error.code, error.message, opts.request_id),
+            status_code=error.status,
+            headers=headers,
         )
-    return Response(dumps(body), media_type="application/json")
+    return Response(dumps(body), media_type="application/json", headers=headers)
 
 
 def _prompt_input(specs: dict[str, Any], given: dict[str, Any]) -> str | None:

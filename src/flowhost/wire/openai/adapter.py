@@ -21,10 +21,10 @@ from flowhost.engine.events import (
     RunFailed,
     RunFinished,
 )
-from flowhost.wire.chat import output_text
+from flowhost.wire.chat import aclose, output_text
 from flowhost.wire.sse import dumps, sse
 
-__all__ = ["Completion", "collect", "error_body", "stream", "usage_dict"]
+__all__ = ["Completion", "collect", "error_body", "error_message", "stream", "usage_dict"]
 
 
 def usage_dict(usage: tuple[ModelUsage, ...]) -> dict[str, int]:
@@ -59,13 +59,23 @@ class Completion:
         return cls(f"chatcmpl-{run_id.replace('-', '')}", model, int(time.time()), answer_key)
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return self._event([choice], None)
+
+    def usage_chunk(self, usage: tuple[ModelUsage, ...]) -> bytes:
+        """The ``stream_options.include_usage`` chunk: no choices, the run's usage."""
+        return self._event([], usage_dict(usage))
+
+    def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None) -> bytes:
+        # seed 000's chunk shape: every chunk carries system_fingerprint and usage (null)
         body = {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "choices": choices,
+            "usage": usage,
         }
         return sse(dumps(body))
 
@@ -73,67 +83,61 @@ class Completion:
 async def stream(
     events: AsyncIterator[RunEvent], c: Completion, *, include_usage: bool
 ) -> AsyncIterator[bytes]:
-    yield c.chunk({"role": "assistant", "content": ""})
-    async for ev in events:
-        if isinstance(ev, OutputDelta) and ev.name == c.answer_key:
-            yield c.chunk({"content": ev.delta})
-        elif isinstance(ev, OutputReady) and ev.name == c.answer_key and not ev.streamed:
-            yield c.chunk({"content": output_text(ev.value)})
-        elif isinstance(ev, RunFailed):
-            err = ev.error
-            yield sse(dumps(error_body(err.status, err.code, _message(err))))
-            return
-        elif isinstance(ev, RunFinished):
-            yield c.chunk({}, "stop")
-            if include_usage:
-                yield sse(
-                    dumps(
-                        {
-                            "id": c.id,
-                            "object": "chat.completion.chunk",
-                            "created": c.created,
-                            "model": c.model,
-                            "choices": [],
-                            "usage": usage_dict(ev.usage),
-                        }
-                    )
-                )
-            yield b"data: [DONE]\n\n"
-            return
+    try:
+        yield c.chunk({"role": "assistant", "content": ""})
+        async for ev in events:
+            if isinstance(ev, OutputDelta) and ev.name == c.answer_key:
+                yield c.chunk({"content": ev.delta})
+            elif isinstance(ev, OutputReady) and ev.name == c.answer_key and not ev.streamed:
+                yield c.chunk({"content": output_text(ev.value)})
+            elif isinstance(ev, RunFailed):
+                err = ev.error
+                yield sse(dumps(error_body(err.status, err.code, error_message(err))))
+                return
+            elif isinstance(ev, RunFinished):
+                yield c.chunk({"content": ""}, "stop")  # seed 000's last chunk
+                if include_usage:
+                    yield c.usage_chunk(ev.usage)
+                yield b"data: [DONE]\n\n"
+                return
+    finally:
+        await aclose(events)
 
 
-def _message(err: ErrorInfo) -> str:
-    return (
-        err.message
-        if err.node is None or err.node in err.message
-        else f"node {err.node!r}: {err.message}"
-    )
+def error_message(err: ErrorInfo) -> str:
+    """A failed run's message, naming the node (as a non-streaming error response does)."""
+    if err.node is None or err.message.startswith(f"node {err.node!r}"):
+        return err.message
+    return f"node {err.node!r} failed: {err.message}"
 
 
 async def collect(
     events: AsyncIterator[RunEvent], c: Completion
 ) -> tuple[dict[str, Any] | None, ErrorInfo | None]:
-    async for ev in events:
-        if isinstance(ev, RunFinished):
-            return {
-                "id": c.id,
-                "object": "chat.completion",
-                "created": c.created,
-                "model": c.model,
-                "system_fingerprint": None,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": output_text(ev.outputs.get(c.answer_key)),
-                        },
-                        "logprobs": None,
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": usage_dict(ev.usage),
-            }, None
-        if isinstance(ev, RunFailed):
-            return None, ev.error
-    return None, ErrorInfo("RunCanceled", "the run ended without a result")
+    try:
+        async for ev in events:
+            if isinstance(ev, RunFinished):
+                return {
+                    "id": c.id,
+                    "object": "chat.completion",
+                    "created": c.created,
+                    "model": c.model,
+                    "system_fingerprint": None,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {
+                                "role": "assistant",
+                                "content": output_text(ev.outputs.get(c.answer_key)),
+                            },
+                            "logprobs": None,
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": usage_dict(ev.usage),
+                }, None
+            if isinstance(ev, RunFailed):
+                return None, ev.error
+    finally:
+        await aclose(events)
+    return None, ErrorInfo("RunCanceled", "the run ended without a result", status=499)

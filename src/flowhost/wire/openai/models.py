@@ -6,7 +6,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ChatCompletionRequest", "ChatMessage", "ModelCard", "ModelList", "StreamOptions"]
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "ErrorResponse",
+    "ModelCard",
+    "ModelList",
+    "StreamOptions",
+    "Usage",
+]
 
 
 class ChatMessage(BaseModel):
@@ -50,3 +60,73 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class Usage(BaseModel):
+    """Tokens summed over every LLM call of the run."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop"] = "stop"
+
+
+class ChatCompletion(BaseModel):
+    """The non-streaming answer: the app's chat output as the assistant message."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str = Field(description="the model (app) named in the request")
+    system_fingerprint: str | None = None
+    choices: list[Choice]
+    usage: Usage
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    logprobs: None = None
+    finish_reason: Literal["stop"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One ``data:`` event of a stream: a role chunk, content deltas, a chunk with
+    ``finish_reason``, then (``stream_options.include_usage``) a usage chunk with no choices."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, authentication_error, server_error, ...")
+    param: str | None = Field(None, description="the offending request field")
+    code: str | None = Field(None, description="InvalidApiKey, model_not_found, LLMError, ...")
+
+
+class ErrorResponse(BaseModel):
+    """Every error; in a stream, a failure after the first chunk is ``data: {"error": ...}``."""
+
+    error: ErrorDetail

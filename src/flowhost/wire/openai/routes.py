@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from flowhost.exceptions import InvalidInput, NotFound
 from flowhost.server.errors import register_renderer, render_error_info
 from flowhost.service import RunRequest
-from flowhost.wire.chat import split_messages
+from flowhost.wire.chat import openapi_schema, split_messages
 from flowhost.wire.http import (
     SSE_HEADERS,
     get_service,
@@ -20,7 +20,14 @@ from flowhost.wire.http import (
     until_disconnect,
 )
 from flowhost.wire.openai import adapter
-from flowhost.wire.openai.models import ChatCompletionRequest, ModelCard, ModelList
+from flowhost.wire.openai.models import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
 from flowhost.wire.simple.routes import session_headers
 from flowhost.wire.sse import dumps
 
@@ -46,7 +53,33 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
-@router.get("/models", summary="The served apps, as models", response_model=ModelList)
+_SSE_ITEM = {
+    "type": "object",
+    "description": "`data: <chunk>` and a blank line per event, no `id:` lines; a failure after "
+    'the first chunk is `data: {"error": {...}}`; the stream ends with `data: [DONE]`.',
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "oneOf": [
+                    openapi_schema(ChatCompletionChunk, mode="serialization"),
+                    {"$ref": "#/components/schemas/ErrorResponse"},
+                    {"const": "[DONE]"},
+                ]
+            },
+        }
+    },
+}
+
+
+@router.get(
+    "/models",
+    summary="The served apps, as models",
+    response_model=ModelList,
+    responses={401: {"model": ErrorResponse, "description": "missing or wrong API key"}},
+)
 async def list_models(request: Request) -> ModelList:
     apps = get_service(request).apps
     ids = ["default", *(a for a in apps.apps if a != "default")]
@@ -56,10 +89,24 @@ async def list_models(request: Request) -> ModelList:
 @router.post(
     "/chat/completions",
     summary="Chat with an app",
+    description="`model` names the app (`default`: the default app). Streams (SSE) when the "
+    "body has `stream: true`. Send `Chat-Session-Id` to use (and extend) the server's session "
+    "instead of the earlier messages.",
+    response_model=ChatCompletion,
+    responses={
+        200: {
+            "description": "The answer; with `stream: true`, ChatCompletionChunk events.",
+            "content": {"text/event-stream": {"itemSchema": _SSE_ITEM}},
+        },
+        400: {"model": ErrorResponse, "description": "invalid request (param names the field)"},
+        401: {"model": ErrorResponse, "description": "missing or wrong API key"},
+        404: {"model": ErrorResponse, "description": "model_not_found: no such app"},
+        500: {"model": ErrorResponse, "description": "the run failed (NodeFailed, LLMError, ...)"},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}},
+            "content": {"application/json": {"schema": openapi_schema(ChatCompletionRequest)}},
         }
     },
 )
@@ -81,10 +128,6 @@ async def chat_completions(request: Request) -> Response:
             f"app {app.app_id!r} is not a chat flow (no input has is_chat_input: true)",
             field="model",
         )
-    if body.memory_id is not None:
-        raise InvalidInput(
-            "memory_id: long-term memory is not enabled on this server", field="memory_id"
-        )
     if body.rag_options is not None:
         raise InvalidInput(
             "rag_options: knowledge bases are not enabled on this server", field="rag_options"
@@ -105,6 +148,7 @@ async def chat_completions(request: Request) -> Response:
             user_id=request.headers.get("chat-user-id") or body.user,
             use_session=session_id is not None,
             history=None if session_id else history,
+            memory_id=body.memory_id or request.headers.get("memory-id") or None,
         )
     )
     key = flow.chat_output or next(iter(flow.outputs), "answer")
