@@ -8,11 +8,12 @@ accounting works on streamed answers too.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
+if TYPE_CHECKING:
+    import openai
 
 from flowhost.llm.connections import Connection
 
@@ -43,6 +44,8 @@ class LLMClient:
         self._lock = asyncio.Lock()
 
     def client_for(self, conn: Connection) -> openai.AsyncOpenAI:
+        import openai  # imported on first use: it is slow to import and python-only flows skip it
+
         key = f"{conn.name}|{conn.base_url}"
         client = self._clients.get(key)
         if client is None:
@@ -68,8 +71,10 @@ class LLMClient:
         model: str,
         messages: Sequence[dict[str, Any]],
         params: dict[str, Any],
-    ) -> AsyncIterator[ChatChunk]:
+    ) -> AsyncGenerator[ChatChunk, None]:
         """Yield content deltas, then one chunk with the usage. Raises LLMCallError."""
+        import openai
+
         client = self.client_for(conn)
         try:
             create: Any = client.chat.completions.create  # overloads do not fit **params

@@ -1,0 +1,160 @@
+"""What every scenario shares: the run's settings and how to start each kind of server."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import LoadGen
+from bench.procs import EXAMPLES, HOST, Pinning, ServerProc, Servers, ServerStartError
+
+__all__ = [
+    "FAKE_MODEL",
+    "Config",
+    "cpu_seconds",
+    "fmt_ms",
+    "fmt_s",
+    "llm_env",
+    "loaded_libs",
+    "post_json",
+    "ratio",
+    "start_bare",
+    "start_fake",
+    "start_flowhost",
+]
+
+FAKE_MODEL = "fake-chat"
+_CLK_TCK = float(os.sysconf("SC_CLK_TCK"))
+
+
+@dataclass
+class Config:
+    """The run's knobs (``--quick`` shortens all of them)."""
+
+    pinning: Pinning
+    loadgen: LoadGen
+    quick: bool = False
+    simple_duration: float = 5.0
+    simple_warmup: float = 2.0
+    llm_duration: float = 10.0
+    llm_warmup: float = 3.0
+    llm_connections: int = 500
+    startup_runs: int = 5
+    ttfb_samples: int = 200
+    simple_extra: bool = True  # also run flowhost with tracing off (skipped by --quick)
+    notes: list[str] = field(default_factory=list)
+    # set once when `--no-history` is rejected by `flowhost serve`
+    history_flag_ok: bool = True
+
+    @classmethod
+    def build(
+        cls, pinning: Pinning, loadgen: LoadGen, *, quick: bool, duration: float | None
+    ) -> Config:
+        cfg = cls(pinning, loadgen, quick=quick)
+        if quick:
+            cfg.simple_duration, cfg.simple_warmup = 2.0, 1.0
+            cfg.llm_duration, cfg.llm_warmup = 4.0, 1.0
+            cfg.startup_runs, cfg.ttfb_samples = 3, 50
+            cfg.simple_extra = False
+        if duration is not None:
+            cfg.simple_duration = cfg.llm_duration = max(1.0, duration)
+        return cfg
+
+
+def fmt_ms(ms: float) -> str:
+    return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}" if ms < 1000 else f"{ms:.0f}"
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds:g} s"
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of ``pid`` so far (0.0 when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def loaded_libs(pid: int) -> set[str]:
+    """Which of uvloop / httptools the process has loaded (from its memory maps)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return set()
+    return {lib for lib in ("uvloop", "httptools") if f"/{lib}/" in maps}
+
+
+def post_json(
+    port: int,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        conn.request("POST", path, body=json.dumps(body).encode(), headers=hdrs)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def start_bare(servers: Servers, *, cpus: tuple[int, ...] | None) -> ServerProc:
+    return servers.start("bare-starlette", ["-m", "bench.baseline_app"], cpus=cpus)
+
+
+def start_fake(
+    servers: Servers, *, delay: float, cpus: tuple[int, ...] | None, wait: bool = True
+) -> ServerProc:
+    argv = ["-m", "flowhost.testing.fake_llm", "--host", HOST, "--delay", f"{delay:g}"]
+    return servers.start(f"fake-llm-delay{delay:g}", argv, cpus=cpus, wait=wait)
+
+
+def start_flowhost(
+    servers: Servers,
+    cfg: Config,
+    *,
+    app: str,
+    cpus: tuple[int, ...] | None,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+) -> ServerProc:
+    """``flowhost serve examples/flows --default-app APP --no-history``.
+
+    If ``--no-history`` is rejected, it is dropped (once, with a note) and the server restarted.
+    """
+    base = ["-m", "flowhost", "serve", str(EXAMPLES), "--default-app", app]
+    flags = ["--no-history"] if cfg.history_flag_ok else []
+    try:
+        return servers.start(f"flowhost-{app}", base + flags, cpus=cpus, env=env, wait=wait)
+    except ServerStartError as exc:
+        if not flags or "no-history" not in exc.log:
+            raise
+    cfg.history_flag_ok = False
+    cfg.notes.append("`flowhost serve --no-history` was rejected; served with chat history on.")
+    servers.procs = [p for p in servers.procs if p.proc.poll() is None]
+    return servers.start(f"flowhost-{app}", base, cpus=cpus, env=env, wait=wait)
+
+
+def llm_env(fake: ServerProc) -> dict[str, str]:
+    """flowhost's environment for the fake LLM (the chat example names no model)."""
+    return {
+        "OPENAI_BASE_URL": f"{fake.url}/v1",
+        "OPENAI_API_KEY": "x",
+        "OPENAI_MODEL": FAKE_MODEL,
+        "FLOWHOST_LLM_MAX_RETRIES": "0",
+    }

@@ -1,0 +1,132 @@
+"""Scenario ``simple``: flowhost's simple mode on the echo app vs a bare Starlette app.
+
+Both servers answer ``POST /`` with the body ``{"question": "hi"}`` by ``{"answer":"echo: hi"}``
+(checked byte for byte before the load). Each concurrency gets a warm-up, then a timed run, the
+bare app first; the server's CPU time per request comes from ``/proc/PID/stat``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from bench.common import (
+    Config,
+    cpu_seconds,
+    fmt_ms,
+    fmt_s,
+    loaded_libs,
+    post_json,
+    ratio,
+    start_bare,
+    start_flowhost,
+)
+from bench.loadgen import LoadResult
+from bench.procs import ServerProc, Servers, rss_bytes
+from bench.report import Check, Section
+
+__all__ = ["run"]
+
+BODY = {"question": "hi"}
+EXPECTED = b'{"answer":"echo: hi"}'
+CONNECTIONS = (1, 32)
+MIN_RPS_RATIO = 0.5  # flowhost >= 50% of bare req/s at 32 connections
+MAX_P50_EXTRA_MS = 0.3  # at 1 connection, p50 at most 0.3 ms above bare
+# A third server shows what run tracing costs (not part of the targets).
+NO_TRACE = "flowhost, tracing off"
+NO_TRACE_ENV = {"FLOWHOST_ENABLE_TRACING": "false"}
+
+
+def _measure(cfg: Config, srv: ServerProc, conns: int) -> tuple[LoadResult, float]:
+    body = json.dumps(BODY).encode()
+    cfg.loadgen.run(f"{srv.url}/", body, connections=conns, duration=cfg.simple_warmup)
+    cpu0 = cpu_seconds(srv.pid)
+    res = cfg.loadgen.run(f"{srv.url}/", body, connections=conns, duration=cfg.simple_duration)
+    return res, cpu_seconds(srv.pid) - cpu0
+
+
+def run(cfg: Config) -> Section:
+    sec = Section(
+        "simple: `POST /` echo app vs bare Starlette",
+        "`flowhost serve examples/flows --default-app echo --no-history` against "
+        "`bench/baseline_app.py` (Starlette + uvicorn, uvloop + httptools, access log off, one "
+        f"process). Without `--quick`, a third server, flowhost with "
+        "`FLOWHOST_ENABLE_TRACING=false`, shows what run tracing costs (no target). "
+        f"{cfg.loadgen.tool}, {fmt_s(cfg.simple_warmup)} warm-up then "
+        f"{fmt_s(cfg.simple_duration)} per run; latencies in ms; server CPU from /proc.",
+    )
+    with Servers(cfg.pinning) as servers:
+        targets: dict[str, ServerProc] = {
+            "bare": start_bare(servers, cpus=cfg.pinning.server),
+            "flowhost": start_flowhost(servers, cfg, app="echo", cpus=cfg.pinning.server),
+        }
+        if cfg.simple_extra:
+            targets[NO_TRACE] = start_flowhost(
+                servers, cfg, app="echo", cpus=cfg.pinning.server, env=NO_TRACE_ENV
+            )
+        for name, srv in targets.items():
+            status, got = post_json(srv.port, "/", BODY)
+            if status != 200 or got != EXPECTED:
+                raise RuntimeError(f"{name} answered {status} {got!r}, expected 200 {EXPECTED!r}")
+            libs = loaded_libs(srv.pid)
+            if libs != {"uvloop", "httptools"}:
+                sec.notes.append(
+                    f"{name} has not loaded uvloop + httptools (found: {sorted(libs)})"
+                )
+        results: dict[tuple[str, int], tuple[LoadResult, float]] = {}
+        for conns in CONNECTIONS:
+            for name, srv in targets.items():
+                results[name, conns] = _measure(cfg, srv, conns)
+        rss = {name: rss_bytes(srv.pid) for name, srv in targets.items()}
+
+    rows = [["conns", "server", "req/s", "p50", "p90", "p99", "server CPU µs/req", "errors"]]
+    for (name, conns), (res, cpu) in results.items():
+        per_req = cpu / res.requests * 1e6 if res.requests else 0.0
+        rows.append(
+            [
+                str(conns),
+                name,
+                f"{res.rps:,.0f}",
+                fmt_ms(res.p50_ms),
+                fmt_ms(res.p90_ms),
+                fmt_ms(res.p99_ms),
+                f"{per_req:,.0f}",
+                res.error_text(),
+            ]
+        )
+        if res.error_count:
+            sec.notes.append(f"{name} at {conns} connections had errors: {res.error_text()}")
+    cmp_rows = [["conns", "server", "req/s vs bare", "p50 - bare (ms)", "p99 vs bare"]]
+    for conns in CONNECTIONS:
+        b = results["bare", conns][0]
+        for name in [t for t in targets if t != "bare"]:
+            f = results[name, conns][0]
+            cmp_rows.append(
+                [
+                    str(conns),
+                    name,
+                    f"{ratio(f.rps, b.rps):.2f}",
+                    f"{f.p50_ms - b.p50_ms:+.3f}",
+                    f"{ratio(f.p99_ms, b.p99_ms):.2f}",
+                ]
+            )
+    sec.tables += [rows, cmp_rows]
+    b32, f32 = results["bare", 32][0], results["flowhost", 32][0]
+    b1, f1 = results["bare", 1][0], results["flowhost", 1][0]
+    sec.checks += [
+        Check(
+            "req/s at 32 connections, flowhost/bare",
+            f"{ratio(f32.rps, b32.rps):.0%} ({f32.rps:,.0f} vs {b32.rps:,.0f})",
+            f">= {MIN_RPS_RATIO:.0%}",
+            ratio(f32.rps, b32.rps) >= MIN_RPS_RATIO and not f32.error_count,
+        ),
+        Check(
+            "p50 at 1 connection, flowhost - bare",
+            f"{f1.p50_ms - b1.p50_ms:+.3f} ms ({fmt_ms(f1.p50_ms)} vs {fmt_ms(b1.p50_ms)})",
+            f"<= +{MAX_P50_EXTRA_MS} ms",
+            f1.requests > 0 and f1.p50_ms - b1.p50_ms <= MAX_P50_EXTRA_MS and not f1.error_count,
+        ),
+    ]
+    sec.notes.append(
+        "RSS after the load: " + ", ".join(f"{name} {v / 2**20:.0f} MB" for name, v in rss.items())
+    )
+    return sec

@@ -1,0 +1,98 @@
+"""Scenario ``startup``: cold start (spawn to the first 200 on ``/health``) and idle RSS.
+
+Runs alternate between the bare app and flowhost (echo app). ``/health`` is polled every 5 ms
+from the load CPU. "Cold" means a new process; the OS page cache and ``.pyc`` files are warm, as
+on any restart. Idle RSS is read 0.5 s after the first 200 and after one ``POST /``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from bench.common import Config, fmt_ms, post_json, ratio, start_bare, start_flowhost
+from bench.procs import ServerProc, Servers, rss_bytes
+from bench.report import Check, Section
+
+__all__ = ["run"]
+
+MAX_START_S = 1.0
+MAX_RSS_MB = 120.0
+IDLE_SETTLE_S = 0.5
+
+
+def _one(cfg: Config, kind: str) -> tuple[float, float, float]:
+    """(seconds to healthy, first POST / in ms, idle RSS in MB) for one fresh process."""
+    with Servers(cfg.pinning) as servers:
+        srv: ServerProc
+        if kind == "bare":
+            srv = start_bare(servers, cpus=cfg.pinning.server)
+        else:
+            srv = start_flowhost(servers, cfg, app="echo", cpus=cfg.pinning.server)
+        ready = srv.ready_after or 0.0
+        t0 = time.perf_counter()
+        status, body = post_json(srv.port, "/", {"question": "hi"})
+        first_ms = (time.perf_counter() - t0) * 1e3
+        if status != 200:
+            raise RuntimeError(f"{kind}: first POST / answered {status} {body!r}")
+        time.sleep(IDLE_SETTLE_S)  # let the process go idle before reading RSS (not a health wait)
+        return ready, first_ms, rss_bytes(srv.pid) / 2**20
+
+
+def run(cfg: Config) -> Section:
+    sec = Section(
+        "startup: cold start and idle memory",
+        f"Median of {cfg.startup_runs} fresh processes each, alternating; spawn to the first 200 "
+        'on `/health` (polled every 5 ms), then the first `POST /` (`{"question": "hi"}`), '
+        f"then RSS after {IDLE_SETTLE_S:g} s idle.",
+    )
+    runs: dict[str, list[tuple[float, float, float]]] = {"bare": [], "flowhost": []}
+    for _ in range(cfg.startup_runs):
+        for kind in runs:
+            runs[kind].append(_one(cfg, kind))
+    rows = [
+        ["server", "start median (ms)", "start min-max (ms)", "first POST / (ms)", "idle RSS (MB)"]
+    ]
+    med: dict[str, tuple[float, float, float]] = {}
+    for kind, samples in runs.items():
+        starts = [s[0] * 1e3 for s in samples]
+        med[kind] = (
+            statistics.median(starts),
+            statistics.median(s[1] for s in samples),
+            statistics.median(s[2] for s in samples),
+        )
+        rows.append(
+            [
+                kind,
+                f"{med[kind][0]:.0f}",
+                f"{min(starts):.0f}-{max(starts):.0f}",
+                fmt_ms(med[kind][1]),
+                f"{med[kind][2]:.1f}",
+            ]
+        )
+    rows.append(
+        [
+            "flowhost/bare",
+            f"{ratio(med['flowhost'][0], med['bare'][0]):.2f}",
+            "",
+            f"{ratio(med['flowhost'][1], med['bare'][1]):.2f}",
+            f"{ratio(med['flowhost'][2], med['bare'][2]):.2f}",
+        ]
+    )
+    sec.tables.append(rows)
+    start_s, rss_mb = med["flowhost"][0] / 1e3, med["flowhost"][2]
+    sec.checks += [
+        Check(
+            "flowhost cold start (median)",
+            f"{start_s * 1e3:.0f} ms",
+            f"<= {MAX_START_S:g} s",
+            start_s <= MAX_START_S,
+        ),
+        Check(
+            "flowhost idle RSS (median)",
+            f"{rss_mb:.1f} MB",
+            f"<= {MAX_RSS_MB:g} MB",
+            rss_mb <= MAX_RSS_MB,
+        ),
+    ]
+    return sec
