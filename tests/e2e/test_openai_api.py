@@ -362,16 +362,21 @@ def test_unknown_model(client: OpenAI) -> None:
         client.chat.completions.create(model="no-such-app", messages=user("x"), stream=True)
 
 
+def test_unknown_memory_is_404(client: OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="default", messages=user("x"), extra_body={"memory_id": "m1"})
+    assert "m1" in err.value.message
+
+
 @pytest.mark.parametrize(
     ("kwargs", "param"),
     [
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "assistant", "content": "x"}]}, "messages"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
-        ({"messages": user("x"), "extra_body": {"memory_id": "m1"}}, "memory_id"),
         (
-            {"messages": user("x"), "extra_body": {"rag_options": {"pipeline_ids": ["p"]}}},
-            "rag_options",
+            {"messages": user("x"), "extra_body": {"rag_options": {"pipeline_ids": 5}}},
+            "rag_options.pipeline_ids",
         ),
         ({"messages": user("x"), "extra_body": {"stream": "often"}}, "stream"),
     ],

@@ -302,3 +302,34 @@ async def test_ensure_session_checks_lengths(store: Store) -> None:
     longest = "s" * 255
     made = await store.chats.ensure_session(longest, app_id="a" * 128, user_id="u" * 255)
     assert made.session_id == longest
+
+
+async def test_open_session_reads_the_history_along(store: Store) -> None:
+    session_id = sid()
+    created, history = await store.chats.open_session(
+        session_id, app_id="app", user_id="alice", title="t", history_turns=5
+    )
+    assert history == []
+    assert created.turn_count == 0
+    for n, status in enumerate(["completed", "failed", "completed", "canceled", "completed"]):
+        await store.chats.append_turn(turn(session_id, n, status))  # type: ignore[arg-type]
+
+    found, history = await store.chats.open_session(
+        session_id, app_id="app", user_id="alice", history_turns=2
+    )
+    assert found.turn_count == 5
+    assert history == [
+        ({"question": "q2"}, {"answer": "a2"}),
+        ({"question": "q4"}, {"answer": "a4"}),
+    ]
+    assert history == await store.chats.history_messages(session_id, 2)
+    assert [(t.inputs, t.outputs) for t in await store.chats.history(session_id, max_turns=9)] == (
+        await store.chats.history_messages(session_id, 9)
+    )
+    assert await store.chats.history_messages(session_id, 0) == []
+    _, none = await store.chats.open_session(
+        session_id, app_id="app", user_id="alice", history_turns=0
+    )
+    assert none == []
+    with pytest.raises(SessionAccessDenied):
+        await store.chats.open_session(session_id, app_id="app", user_id="bob", history_turns=5)

@@ -38,15 +38,16 @@ async def _table_names(store: Store) -> set[str]:
 
 
 def _head(store: Store) -> list[str]:
+    """Every head: chat, knowledge, memory and traces are independent branches off 0001."""
     script = ScriptDirectory.from_config(alembic_config(service_names(store.service)))
-    return [script.get_current_head() or ""]
+    return sorted(script.get_heads())
 
 
 async def _version(store: Store) -> list[str]:
     table = service_names(store.service).version_table
     async with store.engine.connect() as conn:
         rows = await conn.execute(text(f"SELECT version_num FROM {table}"))
-        return [row[0] for row in rows]
+        return sorted(row[0] for row in rows)
 
 
 async def test_open_creates_the_service_tables(open_store: OpenStore, service: str) -> None:

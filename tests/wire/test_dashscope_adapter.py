@@ -397,6 +397,8 @@ async def test_doc_references_from_retrieval_nodes() -> None:
             "doc_name": "phones.pdf",
             "text": "Z9",
             "images": [],
+            "pipeline_id": "1",
+            "score": 0.9,
         }
     ]
 
@@ -439,11 +441,11 @@ def test_request_model_takes_every_sdk_field() -> None:
     assert req.parameters.has_thoughts is True
     assert req.parameters.incremental_output is None
     assert req.parameters.rag_options is not None
-    assert req.parameters.rag_options.used()
+    assert req.parameters.rag_options.pipeline_ids == ["p1"]
     assert req.input.biz_params == {"city": "杭州"}
     empty = AppRequest.model_validate({"input": {"prompt": "x"}, "parameters": {"rag_options": {}}})
     assert empty.parameters.rag_options is not None
-    assert not empty.parameters.rag_options.used()
+    assert empty.parameters.rag_options.pipeline_ids is None
 
 
 async def test_tokens_are_scrubbed_from_thoughts() -> None:

@@ -102,6 +102,9 @@ class NodeFinished:
     timestamp: float
     usage: tuple[ModelUsage, ...] = ()
     inputs: dict[str, Any] = field(default_factory=dict)
+    trace: dict[str, Any] = field(default_factory=dict)
+    """What the node recorded for tracing (``NodeRuntime.trace``): an llm node's ``model``,
+    rendered ``messages`` and ``params``; a retrieval node's recalled ``documents``."""
     kind: Literal["NodeFinished"] = "NodeFinished"
 
 
@@ -113,6 +116,8 @@ class NodeFailed:
     error: ErrorInfo
     duration: float
     timestamp: float
+    trace: dict[str, Any] = field(default_factory=dict)
+    """As ``NodeFinished.trace``: what the node recorded before it failed."""
     kind: Literal["NodeFailed"] = "NodeFailed"
 
 

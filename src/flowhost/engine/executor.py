@@ -55,16 +55,24 @@ def sum_usage(usages: list[ModelUsage]) -> tuple[ModelUsage, ...]:
     return tuple(ModelUsage(m, i, o) for m, (i, o) in acc.items())
 
 
+class _PathError(LookupError):
+    """A ``${node.output.field}`` path that the value does not have."""
+
+
 def _lookup(value: Any, path: tuple[str, ...], ref: Reference) -> Any:
     for key in path:
         if isinstance(value, dict):
             if key not in value:
-                raise KeyError(f"{ref}: the output has no field {key!r}")
+                raise _PathError(f"{ref}: the output has no field {key!r}")
             value = value[key]
-        elif isinstance(value, list) and key.isdigit():
+        elif isinstance(value, list | tuple) and key.isdigit():
+            if int(key) >= len(value):
+                raise _PathError(f"{ref}: index {key} is out of range ({len(value)} items)")
             value = value[int(key)]
-        else:
+        elif not key.startswith("_") and hasattr(value, key):
             value = getattr(value, key)
+        else:
+            raise _PathError(f"{ref}: a {type(value).__name__} has no field {key!r}")
     return value
 
 
@@ -151,24 +159,24 @@ class _Run:
         put(NodeStarted(self.run_id, name, ntype, time.time()))
         set_run_context(self.ctx)
         timeout = node.spec.timeout or self.node_timeout
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 output = await node.impl.run(inputs, rt)
-        except TimeoutError:
-            err = NodeTimeout(f"node {name!r} timed out after {timeout:g}s", node=name)
-            put(
-                _Failed(
-                    NodeFailed(
-                        self.run_id, name, ntype, _error(err, name), _since(start), time.time()
-                    )
-                )
-            )
-            return
         except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                # only our own deadline: a TimeoutError the node raised is an ordinary failure
+                exc = NodeTimeout(f"node {name!r} timed out after {timeout:g}s", node=name)
             put(
                 _Failed(
                     NodeFailed(
-                        self.run_id, name, ntype, _error(exc, name), _since(start), time.time()
+                        self.run_id,
+                        name,
+                        ntype,
+                        _error(exc, name),
+                        _since(start),
+                        time.time(),
+                        rt.trace,
                     )
                 )
             )
@@ -185,6 +193,7 @@ class _Run:
                 time.time(),
                 tuple(rt.usage),
                 inputs,
+                rt.trace,
             )
         )
         self.finished[name].set()
@@ -199,6 +208,8 @@ def _error(exc: BaseException, node: str) -> ErrorInfo:
         return ErrorInfo(exc.code, exc.message, node=exc.node or node, status=exc.status)
     if isinstance(exc, FlowhostError):
         return ErrorInfo(exc.code, exc.message, node=node, status=exc.status)
+    if isinstance(exc, _PathError):
+        return ErrorInfo("NodeFailed", f"cannot read its inputs: {exc}", node=node, status=500)
     return ErrorInfo("NodeFailed", f"{type(exc).__name__}: {exc}", node=node, status=500)
 
 
@@ -219,7 +230,12 @@ async def execute(
     pending_outputs = dict(flow.outputs)
     for out, ref in list(pending_outputs.items()):
         if ref.is_input:
-            outputs[out] = run.resolve(ref)
+            try:
+                outputs[out] = run.resolve(ref)
+            except Exception as exc:  # a bad ${inputs.x.field} path
+                err = ErrorInfo("OutputError", f"output {out!r}: {exc}")
+                yield RunFailed(run.run_id, err, _since(start), time.time())
+                return
             del pending_outputs[out]
             yield OutputReady(run.run_id, out, outputs[out], False, time.time())
     tasks = [
@@ -231,6 +247,7 @@ async def execute(
             item = await run.queue.get()
             if isinstance(item, _Failed):
                 yield item.event
+                await _cancel(tasks)  # the other nodes stop before the run is reported failed
                 yield RunFailed(
                     run.run_id, item.event.error, _since(start), time.time(), sum_usage(run.usage)
                 )
@@ -242,8 +259,9 @@ async def execute(
                     if ref.source == item.node:
                         try:
                             outputs[out] = run.resolve(ref)
-                        except Exception as exc:
+                        except Exception as exc:  # a bad ${node.output.field} path
                             err = ErrorInfo("OutputError", f"output {out!r}: {exc}", node=item.node)
+                            await _cancel(tasks)
                             yield RunFailed(
                                 run.run_id, err, _since(start), time.time(), sum_usage(run.usage)
                             )
@@ -258,6 +276,11 @@ async def execute(
                         )
         yield RunFinished(run.run_id, outputs, sum_usage(run.usage), _since(start), time.time())
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel(tasks)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the node tasks still running and wait until every one has ended."""
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

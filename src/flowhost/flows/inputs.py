@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +14,8 @@ from flowhost.exceptions import InvalidInput
 from flowhost.flows.spec import FlowInputSpec
 
 __all__ = ["coerce_inputs"]
+
+_INT = re.compile(r"^\s*[-+]?[0-9]+\s*$")
 
 
 def _coerce(name: str, spec: FlowInputSpec, value: Any) -> Any:
@@ -26,16 +32,18 @@ def _coerce(name: str, spec: FlowInputSpec, value: Any) -> Any:
     elif t == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-    elif t == "double":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+        if isinstance(value, str) and _INT.match(value):
             try:
-                return float(value)
-            except ValueError:
+                return int(value)
+            except ValueError:  # more digits than int() converts
                 pass
+    elif t == "double":
+        number: float | None = None
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            with contextlib.suppress(ValueError, OverflowError):
+                number = float(value)
+        if number is not None and math.isfinite(number):
+            return number
     elif t == "bool":
         if isinstance(value, bool):
             return value
@@ -66,10 +74,10 @@ def coerce_inputs(specs: Mapping[str, FlowInputSpec], given: Mapping[str, Any]) 
         if name in given and given[name] is not None:
             try:
                 out[name] = _coerce(name, spec, given[name])
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"input {name!r} is not valid JSON: {exc}", field=name) from exc
+            except (ValueError, RecursionError) as exc:  # json.loads of a list/object string
+                raise InvalidInput(f"input {name!r} is not valid JSON: {exc}", field=name) from None
         elif spec.default is not None:
-            out[name] = spec.default
+            out[name] = copy.deepcopy(spec.default)  # a node may mutate it: never share it
         elif spec.is_chat_history:
             out[name] = []
         elif spec.optional:

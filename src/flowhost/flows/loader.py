@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,9 @@ FLOW_FILES = ("flow.dag.yaml", "flow.dag.yml", "flow.flex.yaml")
 # factory(spec, flow_dir, file) -> NodeImpl
 NodeFactory = Any
 NODE_FACTORIES: dict[str, NodeFactory] = {}
+# Built-in node types whose module registers its factory when imported: imported on first use,
+# so every way of loading a flow (serve, run, validate, tests) knows them.
+_FACTORY_MODULES = {"knowledge_retrieval": "flowhost.knowledge.node"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,8 @@ def _read_spec(file: Path) -> FlowSpec:
         if err["loc"][:1] == ("nodes",) and len(err["loc"]) > 1 and isinstance(err["loc"][1], int):
             raw = data.get("nodes", [])[err["loc"][1]]
             node = raw.get("name") if isinstance(raw, dict) else None
+            if isinstance(node, str) and len(err["loc"]) > 2:  # name the field within the node
+                loc = ".".join(str(p) for p in err["loc"][2:])
         raise FlowDefinitionError(err["msg"], file=str(file), node=node, field=loc) from exc
 
 
@@ -108,7 +115,10 @@ def _template(spec: NodeSpec, folder: Path, file: str) -> PromptTemplate:
         return PromptTemplate.from_file(path)
     except jinja2.TemplateSyntaxError as exc:
         raise FlowDefinitionError(
-            f"template error line {exc.lineno}: {exc.message}", file=str(path), node=spec.name
+            f"template error line {exc.lineno}: {exc.message}",
+            file=str(path),
+            node=spec.name,
+            field="source.path",
         ) from exc
 
 
@@ -130,6 +140,17 @@ def _build_impl(spec: NodeSpec, folder: Path, file: str) -> NodeImpl:
     if spec.type == "prompt":
         return PromptNode(_template(spec, folder, file))
     factory = NODE_FACTORIES.get(spec.type)
+    if factory is None and spec.type in _FACTORY_MODULES:
+        try:
+            importlib.import_module(_FACTORY_MODULES[spec.type])
+        except ImportError as exc:
+            raise FlowDefinitionError(
+                f"node type {spec.type!r} cannot be loaded: {exc}",
+                file=file,
+                node=spec.name,
+                field="type",
+            ) from exc
+        factory = NODE_FACTORIES.get(spec.type)
     if factory is None:
         raise FlowDefinitionError(
             f"node type {spec.type!r} is not available", file=file, node=spec.name, field="type"
@@ -157,6 +178,25 @@ def _check_ref(
         )
 
 
+# one ${...} and nothing else: meant as a reference (text around or between references is a
+# literal, as in promptflow)
+_ONE_REF = re.compile(r"^\$\{[^{}]*\}$")
+
+
+def _reference(value: Any, file: str, node: str | None, fld: str) -> Reference | None:
+    """The reference ``value`` holds; None for a literal. A malformed ``${...}`` is an error."""
+    ref = parse_reference(value)
+    if ref is None and isinstance(value, str) and _ONE_REF.match(value.strip()):
+        raise FlowDefinitionError(
+            f"{value!r} is not a valid reference; write ${{inputs.<name>}}, "
+            "${<node>.output} or ${<node>.output.<field>}",
+            file=file,
+            node=node,
+            field=fld,
+        )
+    return ref
+
+
 def load_flow(folder: Path, *, name: str | None = None) -> Flow:
     """Load and validate the flow in ``folder``. Raises FlowDefinitionError naming file/node/field."""
     folder = folder.resolve()
@@ -168,7 +208,9 @@ def load_flow(folder: Path, *, name: str | None = None) -> Flow:
     names = [n.name for n in spec.nodes]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
-        raise FlowDefinitionError(f"duplicate node names {sorted(dupes)}", file=file, field="nodes")
+        raise FlowDefinitionError(
+            f"duplicate node names {sorted(dupes)}", file=file, node=min(dupes), field="name"
+        )
     nameset = set(names)
     compiled: dict[str, CompiledNode] = {}
     deps: dict[str, set[str]] = {}
@@ -176,7 +218,7 @@ def load_flow(folder: Path, *, name: str | None = None) -> Flow:
         inputs: dict[str, Any] = {}
         nd: set[str] = set()
         for key, value in node.inputs.items():
-            ref = parse_reference(value)
+            ref = _reference(value, file, node.name, f"inputs.{key}")
             if ref is not None:
                 _check_ref(ref, spec, nameset, file, node.name, f"inputs.{key}")
                 if not ref.is_input:
@@ -184,7 +226,7 @@ def load_flow(folder: Path, *, name: str | None = None) -> Flow:
             inputs[key] = ref if ref is not None else value
         when: Any = None
         if node.activate is not None:
-            when = parse_reference(node.activate.when)
+            when = _reference(node.activate.when, file, node.name, "activate.when")
             if when is not None:
                 _check_ref(when, spec, nameset, file, node.name, "activate.when")
                 if not when.is_input:
@@ -192,7 +234,9 @@ def load_flow(folder: Path, *, name: str | None = None) -> Flow:
             else:
                 when = node.activate.when
         if node.name in nd:
-            raise FlowDefinitionError("a node cannot reference itself", file=file, node=node.name)
+            raise FlowDefinitionError(
+                "a node cannot reference itself", file=file, node=node.name, field="inputs"
+            )
         deps[node.name] = nd
         compiled[node.name] = CompiledNode(
             spec=node,
@@ -204,8 +248,17 @@ def load_flow(folder: Path, *, name: str | None = None) -> Flow:
     try:
         order = topological_order(deps)
     except ValueError as exc:
+        first, after = str(exc).split(" -> ")[:2]
+        fld = next(
+            (
+                f"inputs.{k}"
+                for k, v in compiled[first].inputs.items()
+                if isinstance(v, Reference) and v.source == after
+            ),
+            "activate.when",
+        )
         raise FlowDefinitionError(
-            f"the nodes form a cycle: {exc}", file=file, field="nodes"
+            f"the nodes form a cycle: {exc}", file=file, node=first, field=fld
         ) from None
     outputs: dict[str, Any] = {}
     streaming: set[str] = set()

@@ -33,6 +33,7 @@ from flowhost.exceptions import FlowDefinitionError
 __all__ = ["Connection", "ConnectionRegistry", "LLMNotConfigured"]
 
 DASHSCOPE_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 HOW_TO_CONFIGURE = (
@@ -117,9 +118,10 @@ def env_connections(env: Mapping[str, str]) -> tuple[dict[str, Connection], str 
     if env.get("OPENAI_API_KEY"):
         out["openai"] = Connection(
             name="openai",
-            base_url=env.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+            base_url=env.get("OPENAI_BASE_URL", OPENAI_BASE_URL),
             api_key=env["OPENAI_API_KEY"],
-            model=env.get("OPENAI_MODEL"),
+            # OpenAI itself has a sensible default; any other endpoint must name its model
+            model=env.get("OPENAI_MODEL") or (None if env.get("OPENAI_BASE_URL") else "gpt-4o-mini"),
             max_retries=retries,
         )
         default = "openai"

@@ -9,8 +9,10 @@ items as deltas. A parameter annotated ``RunContext`` receives the run context.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import inspect
+import os
 import sys
 import threading
 import types
@@ -27,6 +29,7 @@ __all__ = ["PythonNode", "tool"]
 F = TypeVar("F", bound=Callable[..., Any])
 _import_lock = threading.Lock()
 _DONE = object()
+_MODULE_PREFIX = "flowhost_flow_"  # node modules: one per source file, never shadowed
 
 
 def tool(func: F | None = None, **_: Any) -> Any:
@@ -51,13 +54,52 @@ def _install_promptflow_shim() -> None:
     sys.modules["promptflow"], sys.modules["promptflow.core"] = root, core
 
 
+# folder + os.sep -> the modules imported from it (by a flow's code: `import utils`)
+_folder_modules: dict[str, dict[str, types.ModuleType]] = {}
+
+
+def _folder_of(module: types.ModuleType) -> str | None:
+    file = getattr(module, "__file__", None)
+    if not isinstance(file, str):
+        return None
+    return max((f for f in _folder_modules if file.startswith(f)), key=len, default=None)
+
+
+@contextlib.contextmanager
+def _flow_imports(folder: Path) -> Iterator[None]:
+    """Import a flow's code against its own folder's modules (call with ``_import_lock`` held).
+
+    Served flows may each have a helper module of the same name (``utils.py``), but
+    ``sys.modules`` holds one ``utils``: while this folder's code is imported, the modules of other
+    flow folders leave ``sys.modules`` and this folder's come back, so ``import utils`` finds this
+    folder's file. Module-level imports then keep their own module for good.
+    """
+    prefix = str(folder) + os.sep
+    mine = _folder_modules.setdefault(prefix, {})
+    for name, mod in list(sys.modules.items()):
+        owner = _folder_of(mod)
+        if owner is not None and owner != prefix and not name.startswith(_MODULE_PREFIX):
+            _folder_modules[owner][name] = mod
+            del sys.modules[name]
+    sys.modules.update(mine)
+    if str(folder) in sys.path:
+        sys.path.remove(str(folder))
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        for name, mod in list(sys.modules.items()):
+            if _folder_of(mod) == prefix and not name.startswith(_MODULE_PREFIX):
+                mine[name] = mod
+
+
 def load_function(path: Path, *, node: str, function: str | None) -> Callable[..., Any]:
     if not path.is_file():
         raise FlowDefinitionError(
             "source file not found", file=str(path), node=node, field="source.path"
         )
     _install_promptflow_shim()
-    mod_name = f"flowhost_flow_{abs(hash(str(path.resolve())))}_{path.stem}"
+    mod_name = f"{_MODULE_PREFIX}{abs(hash(str(path.resolve())))}_{path.stem}"
     with _import_lock:
         module = sys.modules.get(mod_name)
         if module is None:
@@ -65,14 +107,15 @@ def load_function(path: Path, *, node: str, function: str | None) -> Callable[..
             if spec is None or spec.loader is None:
                 raise FlowDefinitionError("cannot import", file=str(path), node=node)
             module = importlib.util.module_from_spec(spec)
-            folder = str(path.parent.resolve())
-            if folder not in sys.path:
-                sys.path.insert(0, folder)
             try:
-                spec.loader.exec_module(module)
+                with _flow_imports(path.parent.resolve()):
+                    spec.loader.exec_module(module)
             except Exception as exc:
                 raise FlowDefinitionError(
-                    f"importing failed: {type(exc).__name__}: {exc}", file=str(path), node=node
+                    f"importing failed: {type(exc).__name__}: {exc}",
+                    file=str(path),
+                    node=node,
+                    field="source.path",
                 ) from exc
             sys.modules[mod_name] = module
     if function:
@@ -96,6 +139,7 @@ def load_function(path: Path, *, node: str, function: str | None) -> Callable[..
             "or set `function:` on the node",
             file=str(path),
             node=node,
+            field="function",
         )
     return candidates[0]
 

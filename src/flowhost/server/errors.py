@@ -11,10 +11,11 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from flowhost.engine.events import ErrorInfo
 from flowhost.exceptions import FlowhostError, InvalidInput
+from flowhost.wire.sse import dumps
 
 __all__ = ["ErrorRenderer", "problem", "register_renderer", "render_error", "render_error_info"]
 
@@ -40,7 +41,8 @@ def problem(status: int, code: str, message: str, field: str | None, request_id:
     }
     if field:
         body["field"] = field
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+    # dumps, not JSONResponse: a message quoting client text may hold a lone surrogate
+    return Response(dumps(body), status_code=status, media_type="application/problem+json")
 
 
 def register_renderer(prefix: str, renderer: ErrorRenderer) -> None:

@@ -54,8 +54,10 @@ class RequestContextMiddleware:
             auth = _header(scope, b"authorization") or b""
             scheme, _, given = auth.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
-                msg = "Invalid API-key provided." if given else "No API-key provided."
-                await render_error(path, Unauthorized(msg), rid)(scope, receive, send)
+                msg = "Invalid API-key provided." if auth.strip() else "No API-key provided."
+                response = render_error(path, Unauthorized(msg), rid)
+                response.headers["www-authenticate"] = "Bearer"  # RFC 6750
+                await response(scope, receive, send)
                 return
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:

@@ -56,7 +56,7 @@ import anyio
 import httpx
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -405,7 +405,10 @@ class FakeLLM:
 
     # --- endpoints ---
     async def _record(self, request: Request) -> tuple[int, Any]:
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # the caller gave up (e.g. flowhost cancelled the run)
+            raw = b""
         try:
             body = json.loads(raw) if raw else None
         except ValueError:

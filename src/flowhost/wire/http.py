@@ -77,7 +77,7 @@ async def read_json_object(request: Request) -> dict[str, Any]:
         raise InvalidInput(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", field="body")
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300+ digits
         raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from None
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object", field="body")

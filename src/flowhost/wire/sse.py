@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ["dumps", "iso_time", "sse"]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _default(o: Any) -> Any:
@@ -20,10 +23,17 @@ def _default(o: Any) -> Any:
 
 
 def dumps(obj: Any, *, compact: bool = True) -> str:
-    """One-line JSON, UTF-8 kept as is (Chinese is not \\u-escaped), unknown types as strings."""
-    return json.dumps(
+    """One-line JSON, UTF-8 kept as is (Chinese is not \\u-escaped), unknown types as strings.
+
+    A lone surrogate (``"\\ud800"`` is valid JSON, so a client can send one) has no UTF-8 form:
+    it stays \\u-escaped, so the text always encodes.
+    """
+    text = json.dumps(
         obj, ensure_ascii=False, default=_default, separators=(",", ":") if compact else None
     )
+    if _SURROGATE.search(text):  # only inside strings, where an escape is valid JSON
+        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text
 
 
 def sse(

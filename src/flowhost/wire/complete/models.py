@@ -24,3 +24,26 @@ class RunBody(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict, description="the flow inputs")
     stream: bool = Field(True, description="true: SSE events; false: one JSON body")
     response_config: ResponseConfigModel | None = None
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` inlined, for an ``openapi_extra`` body.
+
+    A schema pasted into the OpenAPI document keeps refs like ``#/$defs/X``, which resolve
+    against the document's root, where there is no ``$defs``: Swagger UI shows a resolver error.
+    """
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    inlined: dict[str, Any] = walk(schema)
+    return inlined

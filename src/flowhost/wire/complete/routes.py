@@ -11,7 +11,7 @@ from fastapi.responses import Response, StreamingResponse
 from flowhost.exceptions import InvalidInput
 from flowhost.service import RunRequest
 from flowhost.wire.complete import adapter
-from flowhost.wire.complete.models import RunBody
+from flowhost.wire.complete.models import RunBody, inline_schema
 from flowhost.wire.http import (
     SSE_HEADERS,
     get_service,
@@ -31,7 +31,7 @@ _DOC: dict[str, Any] = {
         "required": True,
         "content": {
             "application/json": {
-                "schema": RunBody.model_json_schema(),
+                "schema": inline_schema(RunBody),
                 "example": {"inputs": {"question": "hi"}, "stream": True},
             }
         },
@@ -70,6 +70,7 @@ async def _complete(request: Request, app_id: str | None) -> Response:
             session_id=request.headers.get("chat-session-id"),
             user_id=request.headers.get("chat-user-id"),
             history=history if isinstance(history, list) else None,
+            memory_id=request.headers.get("memory-id") or None,
         )
     )
     rc = run_body.response_config

@@ -27,28 +27,41 @@ def _message(payload: dict[str, Any]) -> bytes:
     return sse(dumps(payload, compact=False), event="Message")
 
 
+async def _close(events: AsyncIterator[RunEvent]) -> None:
+    """Close the run's stream now that the answer is complete (not whenever it is collected)."""
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 async def stream(events: AsyncIterator[RunEvent], answer_key: str) -> AsyncIterator[bytes]:
     yield _message({answer_key: ""})
-    async for ev in events:
-        if isinstance(ev, OutputDelta):
-            yield _message({ev.name: ev.delta})
-        elif isinstance(ev, OutputReady) and not ev.streamed:
-            yield _message({ev.name: ev.value})
-        elif isinstance(ev, RunFailed):
-            yield sse(dumps(ev.error.to_dict(), compact=False), event="Error")
-            return
-        elif isinstance(ev, RunFinished):
-            yield _message({answer_key: ""})
-            return
+    try:
+        async for ev in events:
+            if isinstance(ev, OutputDelta):
+                yield _message({ev.name: ev.delta})
+            elif isinstance(ev, OutputReady) and not ev.streamed:
+                yield _message({ev.name: ev.value})
+            elif isinstance(ev, RunFailed):
+                yield sse(dumps(ev.error.to_dict(), compact=False), event="Error")
+                return
+            elif isinstance(ev, RunFinished):
+                yield _message({answer_key: ""})
+                return
+    finally:
+        await _close(events)
 
 
 async def collect(
     events: AsyncIterator[RunEvent],
 ) -> tuple[dict[str, Any] | None, ErrorInfo | None]:
     """Drain a run: (outputs, None) on success, (None, error) on failure."""
-    async for ev in events:
-        if isinstance(ev, RunFinished):
-            return ev.outputs, None
-        if isinstance(ev, RunFailed):
-            return None, ev.error
+    try:
+        async for ev in events:
+            if isinstance(ev, RunFinished):
+                return ev.outputs, None
+            if isinstance(ev, RunFailed):
+                return None, ev.error
+    finally:
+        await _close(events)
     return None, ErrorInfo("RunCanceled", "the run ended without a result", status=500)

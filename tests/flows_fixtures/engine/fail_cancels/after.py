@@ -1,0 +1,2 @@
+def after(a: str, b: str) -> str:
+    return a + b

@@ -1,0 +1,2 @@
+def join(a: str, b: str) -> str:
+    return f"{a}+{b}"

@@ -1,0 +1,2 @@
+def tag(text: str) -> str:
+    return f"tag:{text}"

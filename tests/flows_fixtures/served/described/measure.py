@@ -1,0 +1,2 @@
+def measure(question: str) -> dict:
+    return {"length": len(question), "words": question.split()}

@@ -1,0 +1,2 @@
+def upper(question: str) -> str:
+    return question.upper()

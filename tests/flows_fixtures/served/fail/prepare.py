@@ -1,0 +1,2 @@
+def prepare(question: str) -> str:
+    return question.strip()

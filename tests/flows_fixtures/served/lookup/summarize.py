@@ -1,0 +1,2 @@
+def summarize(second: str, country: str) -> str:
+    return f"{second} in {country}"

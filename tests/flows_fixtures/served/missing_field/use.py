@@ -1,0 +1,2 @@
+def use(value: str) -> str:
+    return value
