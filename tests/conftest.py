@@ -72,7 +72,9 @@ class Server:
                 self.proc.wait(5)
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:
+def wait_healthy(
+    url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0
+) -> None:
     """Poll /health until it answers 200 (no fixed sleeps)."""
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=1.0) as client:
@@ -98,7 +100,11 @@ def start_server(
 ) -> Server:
     port = port or free_port()
     log = tmp / f"server-{port}.log"
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "DASHSCOPE_", "FLOWHOST_"))}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "DASHSCOPE_", "FLOWHOST_"))
+    }
     full_env.update({"FLOWHOST_DATA_DIR": str(tmp / "data"), "PYTHONUNBUFFERED": "1"})
     full_env.update(env or {})
     cmd = [sys.executable, "-m", "flowhost", "serve", str(path), "--port", str(port), *args]
@@ -158,9 +164,82 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
 
 @pytest.fixture(scope="module")
-def examples_server(fake_llm: FakeLLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def examples_server(
+    fake_llm: FakeLLM, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     """One server for a test module: the examples, default app echo, token 'secret', fake LLM."""
     tmp = tmp_path_factory.mktemp("srv")
     s = start_server(EXAMPLES, tmp, "--default-app", "echo", token="secret", env=llm_env(fake_llm))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def fixtures_server(
+    fake_llm: FakeLLM, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One server for the session (its apps keep no state): tests/flows_fixtures/served,
+    token 'secret', 4 KiB bodies, fake LLM."""
+    tmp = tmp_path_factory.mktemp("srv")
+    s = start_server(
+        FLOWS / "served", tmp, "--max-body-bytes", "4096", token="secret", env=llm_env(fake_llm)
+    )
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def protocols_server(
+    fake_llm: FakeLLM, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One server for a test module: tests/flows_fixtures/protocols (the OpenAI / Bailian protocol
+    flows), token 'secret', fake LLM, debug logging and the access log on (for secret checks)."""
+    tmp = tmp_path_factory.mktemp("proto")
+    env = {**llm_env(fake_llm), "FLOWHOST_ACCESS_LOG": "true"}
+    s = start_server(FLOWS / "protocols", tmp, "--log-level", "debug", token="secret", env=env)
+    yield s
+    s.stop()
+
+
+# --- for the sessions / chat-history e2e tests (tests/e2e/test_sessions.py and friends) ---
+# `conftest` is not importable from test modules (tests/store has a conftest too), so the plain
+# helpers above are handed out as fixtures.
+
+
+@pytest.fixture
+def chat_llm_env(llm: FakeLLM) -> dict[str, str]:
+    """``llm_env`` of this test's (reset) fake LLM: pass as ``server_factory(..., env=...)``."""
+    return llm_env(llm)
+
+
+@pytest.fixture(scope="session")
+def db_service_url() -> Callable[[str], str]:
+    """``db_service_url("FLOWHOST_TEST_MYSQL_URL")``: ``service_url`` (skip locally, fail in CI)."""
+    return service_url
+
+
+@pytest.fixture(scope="module")
+def module_server_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., Server]]:
+    """``server_factory`` for servers that the tests of one module share (stopped at its end)."""
+    tmp = tmp_path_factory.mktemp("shared")
+    servers: list[Server] = []
+
+    def make(path: Path = EXAMPLES, *args: str, **kw: object) -> Server:
+        s = start_server(path, tmp, *args, **kw)  # type: ignore[arg-type]
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def memory_server(fake_llm: FakeLLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The examples with the fake LLM; memory extraction uses the model 'memory-extractor'."""
+    env = {**llm_env(fake_llm), "FLOWHOST_MEMORY_MODEL": "memory-extractor"}
+    s = start_server(EXAMPLES, tmp_path_factory.mktemp("mem"), token="secret", env=env)
     yield s
     s.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Any
 
 from flowhost.apps import App
@@ -16,6 +17,7 @@ from flowhost.engine.events import RunEvent, RunFailed, RunFinished
 from flowhost.exceptions import Forbidden, InvalidInput, NotFound, ServiceUnavailable
 from flowhost.service import PreparedRun
 from flowhost.store import (
+    Message,
     NewTurn,
     SessionAccessDenied,
     SessionNotFound,
@@ -45,22 +47,54 @@ async def translate_store_errors() -> AsyncIterator[None]:
         raise ServiceUnavailable(exc.message) from None
 
 
+# open_session -> load_history of one request: the history read along with the session.
+_prefetched: ContextVar[tuple[str, int, list[dict[str, Any]]] | None] = ContextVar(
+    "flowhost_history_prefetched", default=None
+)
+
+
+def _as_history(messages: list[Message]) -> list[dict[str, Any]]:
+    return [{"inputs": inputs, "outputs": outputs or {}} for inputs, outputs in messages]
+
+
 class StoreHistory:
-    def __init__(self, store: Store) -> None:
+    """The run service's ``HistoryBackend`` on the SQL store.
+
+    ``RunService.prepare`` calls ``open_session`` and then, for a flow with a chat-history
+    input, ``load_history``: one database read serves both. ``open_session`` reads the history
+    along with the session (``history_turns`` of them: the setting when given, else the number
+    the last ``load_history`` asked for) and keeps it in a context variable of the request's
+    task; ``load_history`` takes it when session and number match, and reads otherwise.
+    """
+
+    def __init__(self, store: Store, *, history_turns: int | None = None) -> None:
         self.store = store
+        self._turns = history_turns
 
     async def open_session(
         self, app: App, session_id: str, user_id: str | None, title: str | None
     ) -> None:
+        turns = self._turns if app.flow.chat_history is not None else None
         async with translate_store_errors():
-            await self.store.chats.ensure_session(
-                session_id, app_id=app.app_id, user_id=user_id, title=title
+            _, messages = await self.store.chats.open_session(
+                session_id,
+                app_id=app.app_id,
+                user_id=user_id,
+                title=title,
+                history_turns=turns or 0,
             )
+        _prefetched.set(None if turns is None else (session_id, turns, _as_history(messages)))
 
     async def load_history(self, session_id: str, max_turns: int) -> list[dict[str, Any]]:
+        self._turns = max_turns
+        ahead = _prefetched.get()
+        if ahead is not None:
+            _prefetched.set(None)
+            if ahead[0] == session_id and ahead[1] == max_turns:
+                return ahead[2]
         async with translate_store_errors():
-            turns = await self.store.chats.history(session_id, max_turns=max_turns)
-        return [{"inputs": t.inputs, "outputs": t.outputs or {}} for t in turns]
+            messages = await self.store.chats.history_messages(session_id, max_turns)
+        return _as_history(messages)
 
     async def record_turn(
         self, app: App, prepared: PreparedRun, final: RunEvent | None, protocol: str

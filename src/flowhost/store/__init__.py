@@ -10,6 +10,7 @@ migrations, safely when several processes start at once.
 from __future__ import annotations
 
 from flowhost.store.chats import ChatRepository as ChatRepository
+from flowhost.store.chats import Message as Message
 from flowhost.store.errors import InvalidServiceName as InvalidServiceName
 from flowhost.store.errors import InvalidStoreURL as InvalidStoreURL
 from flowhost.store.errors import SessionAccessDenied as SessionAccessDenied
@@ -34,6 +35,7 @@ __all__ = [
     "ChatRepository",
     "InvalidServiceName",
     "InvalidStoreURL",
+    "Message",
     "NewTurn",
     "SessionAccessDenied",
     "SessionNotFound",

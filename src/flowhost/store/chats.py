@@ -7,15 +7,22 @@ user, a user of its own). Calls that take ``user_id`` compare it for equality an
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any, cast
 
-import anyio
-from sqlalchemy import ColumnElement, delete, exc, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    bindparam,
+    delete,
+    exc,
+    func,
+    insert,
+    select,
+    update,
+)
 
-from flowhost.store.engine import SQLITE_BEGIN_OPTION, Dialect, translate_errors
+from flowhost.store.engine import translate_errors
 from flowhost.store.errors import SessionAccessDenied, SessionNotFound, TurnNotFound
 from flowhost.store.records import (
     APP_ID_MAX,
@@ -31,9 +38,13 @@ from flowhost.store.records import (
     check_length,
     utcnow,
 )
+from flowhost.store.runner import Runner
 from flowhost.store.schema import Tables
 
-__all__ = ["ChatRepository"]
+__all__ = ["ChatRepository", "Message"]
+
+# A stored turn as chat history: (inputs, outputs).
+Message = tuple[dict[str, Any], dict[str, Any] | None]
 
 
 def _check_page(limit: int, offset: int) -> None:
@@ -76,42 +87,51 @@ def _turn(row: Mapping[Any, Any]) -> TurnRecord:
 
 
 class ChatRepository:
-    """Chat sessions and turns of one service. Built by ``Store``; share it freely."""
+    """Chat sessions and turns of one service. Built by ``Store``; share it freely.
 
-    def __init__(self, engine: AsyncEngine, tables: Tables, dialect: Dialect) -> None:
-        self._engine = engine
-        self._sessions = tables.session
-        self._turns = tables.history
-        # SQLite has one writer at a time: queue this process's writers here rather than on
-        # the file lock, and take the write lock at BEGIN (busy_timeout covers other processes).
-        self._sqlite_writer = anyio.Lock() if dialect == "sqlite" else None
+    Every call is one operation of the store's ``Runner`` (see ``flowhost.store.runner``): a
+    synchronous function of one connection, in one transaction.
+    """
 
-    @contextlib.asynccontextmanager
-    async def _reading(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.connect() as conn:
-            yield conn
+    def __init__(self, runner: Runner, tables: Tables) -> None:
+        self._db = runner
+        self._sessions = s = tables.session
+        self._turns = t = tables.history
+        # The statements of a chat turn, built once: building one costs more than running it.
+        self._find_session = select(s).where(s.c.session_id == bindparam("b_session"))
+        self._create_session = insert(s)
+        self._last_turns = (
+            select(t)
+            .where(t.c.session_id == bindparam("b_session"), t.c.status == "completed")
+            .order_by(t.c.id.desc())
+            .limit(bindparam("b_limit"))
+        )
+        self._last_messages = (
+            select(t.c.inputs, t.c.outputs)
+            .where(t.c.session_id == bindparam("b_session"), t.c.status == "completed")
+            .order_by(t.c.id.desc())
+            .limit(bindparam("b_limit"))
+        )
+        self._bump_session = (
+            update(s)
+            .where(s.c.session_id == bindparam("b_session"))
+            .values(turn_count=s.c.turn_count + 1, updated_at=bindparam("b_now"))
+        )
+        self._insert_turn = insert(t)
 
-    @contextlib.asynccontextmanager
-    async def _writing(self) -> AsyncIterator[AsyncConnection]:
-        """One write transaction, committed when the block ends without an exception."""
-        if self._sqlite_writer is None:
-            async with self._engine.begin() as conn:
-                yield conn
-            return
-        async with self._sqlite_writer, self._engine.connect() as conn:
-            conn = await conn.execution_options(**{SQLITE_BEGIN_OPTION: "immediate"})
-            async with conn.begin():
-                yield conn
-
-    async def _find(self, conn: AsyncConnection, session_id: str) -> SessionRecord | None:
-        statement = select(self._sessions).where(self._sessions.c.session_id == session_id)
-        row = (await conn.execute(statement)).mappings().first()
+    def _find(self, conn: Connection, session_id: str) -> SessionRecord | None:
+        row = conn.execute(self._find_session, {"b_session": session_id}).mappings().first()
         return None if row is None else _session(row)
 
-    async def _owned(
-        self, conn: AsyncConnection, session_id: str, user_id: UserScope
-    ) -> SessionRecord:
-        record = await self._find(conn, session_id)
+    def _messages(self, conn: Connection, session_id: str, max_turns: int) -> list[Message]:
+        if max_turns <= 0:
+            return []
+        params = {"b_session": session_id, "b_limit": max_turns}
+        rows = conn.execute(self._last_messages, params).all()
+        return [(row[0], row[1]) for row in reversed(rows)]
+
+    def _owned(self, conn: Connection, session_id: str, user_id: UserScope) -> SessionRecord:
+        record = self._find(conn, session_id)
         if record is None:
             raise SessionNotFound(session_id)
         _check_access(record, user_id)
@@ -127,59 +147,88 @@ class ChatRepository:
         Raises:
             SessionAccessDenied: the session exists with a different ``user_id``.
         """
+        record, _ = await self.open_session(
+            session_id, app_id=app_id, user_id=user_id, title=title, history_turns=0
+        )
+        return record
+
+    async def open_session(
+        self,
+        session_id: str,
+        *,
+        app_id: str,
+        user_id: str | None,
+        title: str | None = None,
+        history_turns: int,
+    ) -> tuple[SessionRecord, list[Message]]:
+        """``ensure_session`` plus the session's chat history, read together.
+
+        The history is ``history_messages(session_id, history_turns)``: empty for a session
+        created now. A chat turn needs both, and one read costs half of two.
+
+        Raises:
+            SessionAccessDenied: the session exists with a different ``user_id``.
+        """
         check_length("session_id", session_id, SESSION_ID_MAX)
         check_length("app_id", app_id, APP_ID_MAX)
         check_length("user_id", user_id, USER_ID_MAX)
+
+        def read(conn: Connection) -> tuple[SessionRecord | None, list[Message]]:
+            found = self._find(conn, session_id)
+            if found is None or found.user_id != user_id:
+                return found, []  # created below, or refused by _check_access
+            return found, self._messages(conn, session_id, history_turns)
+
         async with translate_errors("opening a session"):
-            async with self._reading() as conn:
-                found = await self._find(conn, session_id)
+            found, messages = await self._db.read(read)
             if found is None:
                 now = utcnow()
                 created = SessionRecord(
                     session_id, app_id, user_id, title[:TITLE_MAX] if title else None, now, now, 0
                 )
+                row = {
+                    "session_id": created.session_id,
+                    "app_id": created.app_id,
+                    "user_id": created.user_id,
+                    "title": created.title,
+                    "created_at": now,
+                    "updated_at": now,
+                    "turn_count": 0,
+                }
                 try:
-                    async with self._writing() as conn:
-                        await conn.execute(
-                            insert(self._sessions).values(
-                                session_id=created.session_id,
-                                app_id=created.app_id,
-                                user_id=created.user_id,
-                                title=created.title,
-                                created_at=now,
-                                updated_at=now,
-                                turn_count=0,
-                            )
-                        )
-                    return created
+                    await self._db.write(lambda conn: conn.execute(self._create_session, row))
+                    return created, []
                 except exc.IntegrityError:
                     pass  # created by a concurrent caller meanwhile: read theirs
-                async with self._reading() as conn:
-                    found = await self._find(conn, session_id)
+                found, messages = await self._db.read(read)
                 if found is None:
                     raise SessionNotFound(session_id)
         _check_access(found, user_id)
-        return found
+        return found, messages
 
     async def get_session(self, session_id: str, *, user_id: UserScope) -> SessionRecord:
         """Raises ``SessionNotFound`` or ``SessionAccessDenied``."""
-        async with translate_errors("reading a session"), self._reading() as conn:
-            return await self._owned(conn, session_id, user_id)
+        async with translate_errors("reading a session"):
+            return await self._db.read(lambda conn: self._owned(conn, session_id, user_id))
 
     async def history(self, session_id: str, *, max_turns: int) -> list[TurnRecord]:
         """The last ``max_turns`` completed turns of the session, oldest first."""
         if max_turns <= 0:
             return []
-        t = self._turns
-        statement = (
-            select(t)
-            .where(t.c.session_id == session_id, t.c.status == "completed")
-            .order_by(t.c.id.desc())
-            .limit(max_turns)
-        )
-        async with translate_errors("reading chat history"), self._reading() as conn:
-            rows = (await conn.execute(statement)).mappings().all()
+        params = {"b_session": session_id, "b_limit": max_turns}
+        async with translate_errors("reading chat history"):
+            rows = await self._db.read(
+                lambda conn: conn.execute(self._last_turns, params).mappings().all()
+            )
         return [_turn(row) for row in reversed(rows)]
+
+    async def history_messages(self, session_id: str, max_turns: int) -> list[Message]:
+        """(inputs, outputs) of the last ``max_turns`` completed turns, oldest first.
+
+        What a chat flow's history input needs, without the rest of each turn.
+        """
+        async with translate_errors("reading chat history"):
+            return await self._db.read(lambda conn: self._messages(conn, session_id, max_turns))
 
     async def append_turn(self, turn: NewTurn) -> TurnRecord:
         """Store a turn and bump the session's ``updated_at`` and ``turn_count``, atomically.
@@ -187,12 +236,7 @@ class ChatRepository:
         Raises:
             SessionNotFound: no such session (create it first with ``ensure_session``).
         """
-        s = self._sessions
-        bump = (
-            update(s)
-            .where(s.c.session_id == turn.session_id)
-            .values(turn_count=s.c.turn_count + 1, updated_at=utcnow())
-        )
+        bump = {"b_session": turn.session_id, "b_now": utcnow()}
         values = {
             "session_id": turn.session_id,
             "run_id": turn.run_id,
@@ -206,16 +250,19 @@ class ChatRepository:
             "duration_ms": turn.duration_ms,
             "usage": turn.usage,
         }
-        async with translate_errors("appending a turn"), self._writing() as conn:
+
+        def append(conn: Connection) -> int:
             # Update first: it locks the session row, so concurrent appends to one session
             # commit in id order.
-            if (await conn.execute(bump)).rowcount == 0:
+            if conn.execute(self._bump_session, bump).rowcount == 0:
                 raise SessionNotFound(turn.session_id)
-            result = await conn.execute(insert(self._turns).values(**values))
-            key = result.inserted_primary_key
+            key = conn.execute(self._insert_turn, values).inserted_primary_key
             if key is None:
                 raise RuntimeError("the database returned no id for the new turn")
-            turn_id = int(key[0])
+            return int(key[0])
+
+        async with translate_errors("appending a turn"):
+            turn_id = await self._db.write(append)
         return _turn({"id": turn_id, **values})
 
     async def list_sessions(
@@ -243,9 +290,12 @@ class ChatRepository:
             .offset(offset)
         )
         count = select(func.count()).select_from(s).where(*where)
-        async with translate_errors("listing sessions"), self._reading() as conn:
-            total = (await conn.execute(count)).scalar_one()
-            rows = (await conn.execute(page)).mappings().all()
+
+        def read(conn: Connection) -> tuple[int, Any]:
+            return conn.execute(count).scalar_one(), conn.execute(page).mappings().all()
+
+        async with translate_errors("listing sessions"):
+            total, rows = await self._db.read(read)
         return [_session(row) for row in rows], int(total)
 
     async def list_turns(
@@ -265,20 +315,25 @@ class ChatRepository:
             .offset(offset)
         )
         count = select(func.count()).select_from(t).where(t.c.session_id == session_id)
-        async with translate_errors("listing turns"), self._reading() as conn:
-            total = (await conn.execute(count)).scalar_one()
-            rows = (await conn.execute(page)).mappings().all()
+
+        def read(conn: Connection) -> tuple[int, Any]:
+            return conn.execute(count).scalar_one(), conn.execute(page).mappings().all()
+
+        async with translate_errors("listing turns"):
+            total, rows = await self._db.read(read)
         return [_turn(row) for row in rows], int(total)
 
     async def delete_session(self, session_id: str, *, user_id: UserScope) -> None:
         """Delete the session and its turns. Raises ``SessionNotFound``, ``SessionAccessDenied``."""
-        async with translate_errors("deleting a session"), self._writing() as conn:
-            await self._owned(conn, session_id, user_id)
+
+        def remove(conn: Connection) -> None:
+            self._owned(conn, session_id, user_id)
             # ON DELETE CASCADE would do; deleting explicitly does not depend on it.
-            await conn.execute(delete(self._turns).where(self._turns.c.session_id == session_id))
-            await conn.execute(
-                delete(self._sessions).where(self._sessions.c.session_id == session_id)
-            )
+            conn.execute(delete(self._turns).where(self._turns.c.session_id == session_id))
+            conn.execute(delete(self._sessions).where(self._sessions.c.session_id == session_id))
+
+        async with translate_errors("deleting a session"):
+            await self._db.write(remove)
 
     async def delete_turn(self, session_id: str, turn_id: int, *, user_id: UserScope) -> None:
         """Delete one turn.
@@ -286,13 +341,15 @@ class ChatRepository:
         Raises ``SessionNotFound``, ``SessionAccessDenied`` or ``TurnNotFound``.
         """
         t, s = self._turns, self._sessions
-        async with translate_errors("deleting a turn"), self._writing() as conn:
-            await self._owned(conn, session_id, user_id)
-            removed = await conn.execute(
-                delete(t).where(t.c.session_id == session_id, t.c.id == turn_id)
-            )
+
+        def remove(conn: Connection) -> None:
+            self._owned(conn, session_id, user_id)
+            removed = conn.execute(delete(t).where(t.c.session_id == session_id, t.c.id == turn_id))
             if removed.rowcount == 0:
                 raise TurnNotFound(session_id, turn_id)
-            await conn.execute(
+            conn.execute(
                 update(s).where(s.c.session_id == session_id).values(turn_count=s.c.turn_count - 1)
             )
+
+        async with translate_errors("deleting a turn"):
+            await self._db.write(remove)

@@ -24,7 +24,10 @@ __all__ = [
     "Dialect",
     "create_store_engine",
     "dialect_of",
+    "json_dumps",
     "normalize_url",
+    "sqlite_on_begin",
+    "sqlite_on_connect",
     "sqlite_path",
     "translate_errors",
 ]
@@ -89,12 +92,12 @@ def sqlite_path(url: URL) -> Path | None:
     return Path(database)
 
 
-def _dumps(value: Any) -> str:
+def json_dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Hand BEGIN over to SQLAlchemy (see _sqlite_on_begin), then set the connection's pragmas.
+def sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Hand BEGIN over to SQLAlchemy (see sqlite_on_begin), then set the connection's pragmas.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
@@ -104,7 +107,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def _sqlite_on_begin(connection: Connection) -> None:
+def sqlite_on_begin(connection: Connection) -> None:
     mode = connection.get_execution_options().get(SQLITE_BEGIN_OPTION, "deferred")
     connection.exec_driver_sql(_SQLITE_BEGIN[mode])
 
@@ -112,11 +115,13 @@ def _sqlite_on_begin(connection: Connection) -> None:
 def create_store_engine(url: URL) -> AsyncEngine:
     """An engine for a normalized URL, with the pool and connection settings of its backend."""
     if dialect_of(url) == "sqlite":
-        engine = create_async_engine(url, json_serializer=_dumps)
-        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
-        event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+        engine = create_async_engine(url, json_serializer=json_dumps)
+        event.listen(engine.sync_engine, "connect", sqlite_on_connect)
+        event.listen(engine.sync_engine, "begin", sqlite_on_begin)
         return engine
-    return create_async_engine(url, json_serializer=_dumps, pool_pre_ping=True, pool_recycle=1800)
+    return create_async_engine(
+        url, json_serializer=json_dumps, pool_pre_ping=True, pool_recycle=1800
+    )
 
 
 _UNAVAILABLE: Final = (

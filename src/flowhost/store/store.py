@@ -18,6 +18,7 @@ from flowhost.store.engine import (
 )
 from flowhost.store.migrate import prepare_sqlite, upgrade_engine
 from flowhost.store.names import ServiceNames, service_names
+from flowhost.store.runner import Runner, make_runner
 from flowhost.store.schema import tables_for
 
 __all__ = ["DEFAULT_SQLITE_NAME", "Store"]
@@ -38,7 +39,8 @@ class Store:
         self._dialect = dialect_of(engine.url)
         self._names = names
         self._metadata = MetaData()
-        self.chats = ChatRepository(engine, tables_for(names, self._metadata), self._dialect)
+        self._runner = make_runner(engine)
+        self.chats = ChatRepository(self._runner, tables_for(names, self._metadata))
 
     @classmethod
     async def open(
@@ -85,6 +87,16 @@ class Store:
         """The engine, for other repositories of the store package."""
         return self._engine
 
+    @property
+    def runner(self) -> Runner:
+        """The runner that ``chats`` uses, for other repositories of the store package.
+
+        Share it rather than make another: on SQLite one runner queues this process's writers
+        on one lock, where two would meet on SQLite's file lock (whose busy handler sleeps in
+        steps of up to 100 ms). The store closes it.
+        """
+        return self._runner
+
     async def ping(self) -> None:
         """Run ``SELECT 1``. Raises ``StoreUnavailable``."""
         async with translate_errors("pinging the database"), self._engine.connect() as conn:
@@ -92,6 +104,7 @@ class Store:
 
     async def close(self) -> None:
         """Close every pooled connection. Idempotent."""
+        await self._runner.close()
         await self._engine.dispose()
 
     def __repr__(self) -> str:

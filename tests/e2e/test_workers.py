@@ -1,0 +1,77 @@
+"""``flowhost serve --workers 2`` on the default local SQLite: processes share one history."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from history_support import ECHO, SESSION_HEADER, messages, new_id, poll, session, turn_number
+
+Server = Any  # tests/conftest.py's Server
+
+SESSIONS = 4
+TURNS_AT_ONCE = 15  # per session, all sent at the same time
+TURNS_IN_ORDER = 3  # per session, one after the other
+
+
+def test_workers_share_sqlite_history(server_factory: Callable[..., Server]) -> None:
+    server = server_factory(ECHO, "--workers", "2")
+    # /health answers once one worker is up: wait for both, so that both take part
+    poll(
+        lambda: server.output().count("Application startup complete.") >= 2 or None,
+        timeout=60.0,
+        what="both workers to start",
+    )
+    ids = [new_id(f"w{k}") for k in range(SESSIONS)]
+
+    async def one(client: httpx.AsyncClient, sid: str, question: str) -> str:
+        resp = await client.post("/", json={"question": question}, headers={SESSION_HEADER: sid})
+        assert resp.status_code == 200, resp.text
+        answer: str = resp.json()["answer"]
+        return answer
+
+    async def run() -> list[list[str]]:
+        limits = httpx.Limits(max_connections=SESSIONS * TURNS_AT_ONCE)
+        async with httpx.AsyncClient(base_url=server.url, timeout=30.0, limits=limits) as client:
+            # every session's first turns arrive together: its creation races too
+            await asyncio.gather(
+                *(one(client, sid, f"{sid} q{i}") for i in range(TURNS_AT_ONCE) for sid in ids)
+            )
+
+            async def in_order(sid: str) -> list[str]:
+                return [
+                    await one(client, sid, f"{sid} q{i}")
+                    for i in range(TURNS_AT_ONCE, TURNS_AT_ONCE + TURNS_IN_ORDER)
+                ]
+
+            return await asyncio.gather(*(in_order(sid) for sid in ids))
+
+    chains = asyncio.run(run())
+    total = TURNS_AT_ONCE + TURNS_IN_ORDER
+    for answers in chains:
+        assert [turn_number(a) for a in answers] == list(range(TURNS_AT_ONCE + 1, total + 1))
+
+    with httpx.Client(base_url=server.url, timeout=15.0) as c:
+        for sid in ids:
+            stored = messages(c, sid)
+            questions = [m["inputs"]["question"] for m in stored]
+            assert sorted(questions[:TURNS_AT_ONCE]) == sorted(
+                f"{sid} q{i}" for i in range(TURNS_AT_ONCE)
+            )
+            assert questions[TURNS_AT_ONCE:] == [f"{sid} q{i}" for i in range(TURNS_AT_ONCE, total)]
+            assert {m["status"] for m in stored} == {"completed"}
+            for position, m in enumerate(stored):
+                assert turn_number(m["outputs"]["answer"]) <= position + 1
+            assert session(c, sid)["turn_count"] == total
+
+    database = Path(server.log.parent / "data" / "flowhost.db")
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        (history,) = [t for t in tables if t.startswith("flowhost_chat_history_")]
+        assert db.execute(f"SELECT count(*) FROM {history}").fetchone() == (SESSIONS * total,)
+    db.close()
