@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
@@ -23,13 +23,31 @@ def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
         if not sep or not key:
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--input")
         try:
-            out[key] = json.loads(value) if value[:1] in "[{" else value
+            out[key] = json.loads(value) if value.startswith(("[", "{")) else value
         except json.JSONDecodeError as exc:
             raise click.BadParameter(f"{key}: {exc}", param_hint="--input") from None
     return out
 
 
-@click.group()
+class _LazyGroup(click.Group):
+    """Imports heavy subcommand groups (``kb``) only when they are invoked or listed."""
+
+    lazy: ClassVar[dict[str, tuple[str, str]]] = {"kb": ("flowhost.knowledge.cli", "kb")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            import importlib
+
+            module, attr = self.lazy[cmd_name]
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup)
 @click.version_option(package_name="flowhost")
 def main() -> None:
     """Serve LLM application flows as HTTP services."""
@@ -124,7 +142,7 @@ def validate(flow: Path) -> None:
     from flowhost.apps import AppRegistry
 
     try:
-        apps = AppRegistry.load(flow, env={})
+        apps = AppRegistry.load(flow)
     except FlowDefinitionError as exc:
         raise click.ClickException(exc.message) from None
     for app in apps.apps.values():
@@ -163,3 +181,4 @@ def db_upgrade(database_url: str | None, data_dir: Path, service_name: str) -> N
         click.echo(asyncio.run(go()))
     except StoreError as exc:
         raise click.ClickException(exc.message) from None
+

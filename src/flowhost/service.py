@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -27,6 +27,9 @@ from flowhost.engine.events import ErrorInfo, RunEvent, RunFailed, RunFinished
 from flowhost.engine.executor import execute
 from flowhost.exceptions import FlowhostError, InvalidInput
 from flowhost.flows.inputs import coerce_inputs
+
+if TYPE_CHECKING:
+    from flowhost.memory import MemoryService
 
 __all__ = [
     "HistoryBackend",
@@ -39,7 +42,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("flowhost.service")
-SESSION_ID_RULE = re.compile(r"^[A-Za-z0-9_:\-]{32,255}$")
+SESSION_ID_RULE = re.compile(r"[A-Za-z0-9_:\-]{32,255}")  # use with fullmatch
 
 
 def new_session_id() -> str:
@@ -66,6 +69,8 @@ class RunRequest:
     history: list[dict[str, Any]] | None = None
     user_defined_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     user_defined_tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
+    memory_id: str | None = None
+    rag_options: Any = None
 
 
 class HistoryBackend(Protocol):
@@ -172,6 +177,8 @@ class PreparedRun:
 
 
 class RunService:
+    """Prepares runs: app, inputs, session, memory; see the module docstring."""
+
     def __init__(
         self,
         apps: AppRegistry,
@@ -183,6 +190,7 @@ class RunService:
         self.settings = settings
         self.history = history
         self.sinks: list[RunSink] = sinks or []
+        self.memory: MemoryService | None = None
 
     def uses_history(self, app: App) -> bool:
         return self.settings.history and self.history is not None and app.flow.is_chat
@@ -198,7 +206,7 @@ class RunService:
         session_id: str | None = None
         history = self.history
         if history is not None and self.uses_history(app) and (req.use_session or req.session_id):
-            if req.session_id is not None and not SESSION_ID_RULE.match(req.session_id):
+            if req.session_id is not None and not SESSION_ID_RULE.fullmatch(req.session_id):
                 raise InvalidInput(
                     "Chat-Session-Id must be 32-255 characters of letters, digits, '_', '-' and ':'",
                     field="session_id",
@@ -213,6 +221,12 @@ class RunService:
                 coerced[flow.chat_history] = await history.load_history(
                     session_id, self.settings.history_turns
                 )
+        extra: dict[str, Any] = {}
+        message = coerced.get(flow.chat_input) if flow.chat_input else None
+        if req.memory_id is not None:
+            extra["memory"] = await self._recall(req.memory_id, message)
+        if req.rag_options is not None:
+            extra["rag_options"] = req.rag_options
         ctx = RunContext(
             run_id=str(uuid.uuid4()),
             request_id=req.request_id,
@@ -222,10 +236,24 @@ class RunService:
             protocol=req.protocol,
             user_defined_params=req.user_defined_params,
             user_defined_tokens=req.user_defined_tokens,
+            extra=extra,
         )
+        if req.memory_id is not None and self.memory is not None and isinstance(message, str):
+            self.memory.extract_later(req.memory_id, message, ctx.run_id)
         prepared = PreparedRun(self, app, coerced, ctx, session_id, req.protocol)
         for sink in self.sinks:
             observation = sink.open(prepared)
             if observation is not None:
                 prepared.observations.append(observation)
         return prepared
+
+    async def _recall(self, memory_id: str, message: Any) -> list[str]:
+        if self.memory is None:
+            raise InvalidInput(
+                "memory_id: long-term memory is not enabled on this server", field="memory_id"
+            )
+        if not isinstance(message, str):
+            raise InvalidInput(
+                "memory_id needs a chat flow (an is_chat_input input)", field="memory_id"
+            )
+        return [n.content for n in await self.memory.recall(memory_id, message)]

@@ -8,17 +8,18 @@ template variables. A prompt node only renders its template to text.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 from flowhost.engine.events import ModelUsage
 from flowhost.exceptions import LLMError
-from flowhost.llm.client import LLMCallError
+from flowhost.llm.client import ChatChunk, LLMCallError
 from flowhost.llm.connections import LLMNotConfigured
 from flowhost.nodes.base import NodeRuntime
 from flowhost.nodes.template import PromptTemplate
 
-__all__ = ["LLMNode", "PromptNode", "split_llm_inputs"]
+__all__ = ["LLMNode", "PromptNode", "split_llm_inputs", "with_memory_section"]
 
 _FLOAT = {"temperature", "top_p", "presence_penalty", "frequency_penalty"}
 _INT = {"max_tokens", "seed", "n"}
@@ -50,6 +51,23 @@ def _api_params(raw: dict[str, Any]) -> dict[str, Any]:
     if out.get("max_tokens") == 0:  # promptflow's "unlimited"
         del out["max_tokens"]
     return out
+
+
+MEMORY_HEADER = "What you remember about the user (long-term memory):"
+
+
+def with_memory_section(messages: list[dict[str, Any]], memory: list[str]) -> list[dict[str, Any]]:
+    """Add recalled memory to the system message (one is added when the template has none).
+
+    Used for templates that do not reference the ``memory`` variable themselves.
+    """
+    section = MEMORY_HEADER + "\n" + "\n".join(f"- {m}" for m in memory)
+    out = [dict(m) for m in messages]
+    for m in out:
+        if m.get("role") == "system":
+            m["content"] = f"{m.get('content') or ''}\n\n{section}".strip()
+            return out
+    return [{"role": "system", "content": section}, *out]
 
 
 class PromptNode:
@@ -91,27 +109,37 @@ class LLMNode:
             raise LLMError(
                 f"bad model parameter: {exc}", node=rt.node, connection=conn.name
             ) from exc
+        memory: list[str] = rt.ctx.extra.get("memory") or []
+        if "memory" in self.template.variables:
+            variables.setdefault("memory", memory)
         messages = self.template.render_chat(variables)
+        if memory and "memory" not in self.template.variables:
+            messages = with_memory_section(messages, memory)
         rt.trace.update(model=str(model), messages=messages, params=params, connection=conn.name)
         llm = rt.services.llm
         parts: list[str] = []
+        chunks = llm.stream_chat(conn, model=str(model), messages=messages, params=params)
         try:
-            async for chunk in llm.stream_chat(
-                conn, model=str(model), messages=messages, params=params
-            ):
-                if chunk.delta:
-                    parts.append(chunk.delta)
-                    await rt.emit(chunk.delta)
-                if chunk.input_tokens is not None or chunk.output_tokens is not None:
-                    rt.add_usage(
-                        ModelUsage(
-                            model=chunk.model or str(model),
-                            input_tokens=chunk.input_tokens or 0,
-                            output_tokens=chunk.output_tokens or 0,
-                        )
-                    )
+            # aclosing: however this loop ends, the HTTP stream is closed now, not at GC
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    await self._take(chunk, str(model), parts, rt)
         except LLMCallError as exc:
             raise LLMError(
                 str(exc), node=rt.node, connection=conn.name, upstream_status=exc.status
             ) from exc
         return "".join(parts)
+
+    @staticmethod
+    async def _take(chunk: ChatChunk, model: str, parts: list[str], rt: NodeRuntime) -> None:
+        if chunk.delta:
+            parts.append(chunk.delta)
+            await rt.emit(chunk.delta)
+        if chunk.input_tokens is not None or chunk.output_tokens is not None:
+            rt.add_usage(
+                ModelUsage(
+                    model=chunk.model or model,
+                    input_tokens=chunk.input_tokens or 0,
+                    output_tokens=chunk.output_tokens or 0,
+                )
+            )

@@ -24,6 +24,9 @@ class RunBody(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict, description="the flow inputs")
     stream: bool = Field(True, description="true: SSE events; false: one JSON body")
     response_config: ResponseConfigModel | None = None
+    rag_options: dict[str, Any] | None = Field(
+        None, description="knowledge-base retrieval filters (Bailian's rag_options)"
+    )
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from flowhost.exceptions import InvalidInput
+from flowhost.knowledge.filters import parse_rag_options
 from flowhost.service import RunRequest
 from flowhost.wire.complete import adapter
 from flowhost.wire.complete.models import RunBody, inline_schema
@@ -71,6 +72,7 @@ async def _complete(request: Request, app_id: str | None) -> Response:
             user_id=request.headers.get("chat-user-id"),
             history=history if isinstance(history, list) else None,
             memory_id=request.headers.get("memory-id") or None,
+            rag_options=parse_rag_options(run_body.rag_options),
         )
     )
     rc = run_body.response_config

@@ -32,6 +32,7 @@ from flowhost.engine.events import (
     RunStarted,
 )
 from flowhost.engine.executor import sum_usage
+from flowhost.knowledge.references import doc_references
 from flowhost.tracing.attributes import MIN_SECRET_LEN, REDACTED
 from flowhost.wire.chat import aclose, output_text
 from flowhost.wire.sse import dumps, sse
@@ -160,7 +161,9 @@ class _State:
                     n.full, n.structured = output_text(ev.output), ev.output
                 self.usage.extend(ev.usage)
                 if ev.node_type == "knowledge_retrieval" and isinstance(ev.output, list):
-                    self.references.extend(_references(ev.output))
+                    self.references.extend(
+                        doc_references(ev.output, start=len(self.references) + 1)
+                    )
             else:
                 n.status, n.full = "failed", ev.error.message
             return o.has_thoughts
@@ -204,17 +207,6 @@ class _State:
         self.nodes["End"] = _Node(
             "End", "End", "End", "success", 0, output_text(value), structured=value
         )
-
-
-def _references(chunks: list[Any]) -> list[dict[str, Any]]:
-    keys = ("index_id", "title", "doc_id", "doc_name", "text", "images")
-    out = []
-    for c in chunks:
-        if isinstance(c, dict):
-            ref = {k: c.get(k) for k in keys}
-            ref["images"] = ref["images"] or []
-            out.append(ref)
-    return out
 
 
 def _chunk(n: int, payload: dict[str, Any]) -> bytes:

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flowhost.knowledge.filters import RagOptions
+
 __all__ = [
     "AppError",
     "AppInput",
@@ -38,22 +40,6 @@ class AppInput(_Lenient):
     memory_id: str | None = Field(None, description="long-term memory to read and extend")
     image_list: list[str] | None = None
     file_list: list[str] | None = None
-
-
-class RagOptions(_Lenient):
-    """Knowledge-base retrieval filters (seed 003). Validated; retrieval is not implemented yet."""
-
-    pipeline_ids: list[str] | None = Field(None, description="knowledge bases to search")
-    file_ids: list[str] | None = Field(None, description="documents to search (in those bases)")
-    tags: str | list[str] | None = Field(None, description="document tags")
-    metadata_filter: dict[str, Any] | None = Field(None, description="document metadata")
-    structured_filter: dict[str, Any] | None = Field(
-        None, description="structured-data header/value pairs"
-    )
-    session_file_ids: list[str] | None = None
-
-    def used(self) -> bool:
-        return any(v not in (None, [], {}, "") for v in self.model_dump().values())
 
 
 class AppParameters(_Lenient):

@@ -126,11 +126,6 @@ async def completion(request: Request) -> Response:
     app = svc.apps.get(app_id)
     flow = app.flow
     inp, params = req.input, req.parameters
-    if params.rag_options is not None and params.rag_options.used():
-        raise InvalidInput(
-            "parameters.rag_options: knowledge bases are not enabled on this server",
-            field="parameters.rag_options",
-        )
     biz = dict(inp.biz_params or {})
     udp = _dict_of_dicts(biz.pop("user_defined_params", None), "user_defined_params")
     udt = _dict_of_dicts(biz.pop("user_defined_tokens", None), "user_defined_tokens")
@@ -171,6 +166,7 @@ async def completion(request: Request) -> Response:
             user_defined_params=udp,
             user_defined_tokens=udt,
             memory_id=inp.memory_id or None,
+            rag_options=params.rag_options,
         )
     )
     opts = adapter.Options(

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from flowhost.exceptions import InvalidInput, NotFound
+from flowhost.knowledge.filters import parse_rag_options
 from flowhost.server.errors import register_renderer, render_error_info
 from flowhost.service import RunRequest
 from flowhost.wire.chat import openapi_schema, split_messages
@@ -128,10 +129,6 @@ async def chat_completions(request: Request) -> Response:
             f"app {app.app_id!r} is not a chat flow (no input has is_chat_input: true)",
             field="model",
         )
-    if body.rag_options is not None:
-        raise InvalidInput(
-            "rag_options: knowledge bases are not enabled on this server", field="rag_options"
-        )
     prompt, history = split_messages(
         [m.model_dump() for m in body.messages],
         chat_input=flow.chat_input,
@@ -149,6 +146,7 @@ async def chat_completions(request: Request) -> Response:
             use_session=session_id is not None,
             history=None if session_id else history,
             memory_id=body.memory_id or request.headers.get("memory-id") or None,
+            rag_options=parse_rag_options(body.rag_options),
         )
     )
     key = flow.chat_output or next(iter(flow.outputs), "answer")

@@ -14,6 +14,7 @@ from flowhost.wire.http import (
     get_service,
     read_json_object,
     request_id,
+    run_headers,
     until_disconnect,
     wants_sse,
 )
@@ -48,7 +49,7 @@ _BODY: dict[str, Any] = {
 
 
 def session_headers(prepared: PreparedRun) -> dict[str, str]:
-    return {"Chat-Session-Id": prepared.session_id} if prepared.session_id else {}
+    return run_headers(prepared)
 
 
 async def _simple(request: Request, app_id: str | None) -> Response:
@@ -63,6 +64,7 @@ async def _simple(request: Request, app_id: str | None) -> Response:
             session_id=request.headers.get("chat-session-id"),
             user_id=request.headers.get("chat-user-id"),
             history=_client_history(body, prepared_key=svc.apps.get(app_id).flow.chat_history),
+            memory_id=request.headers.get("memory-id") or None,
         )
     )
     flow = prepared.app.flow

@@ -1,0 +1,261 @@
+"""Knowledge-base benchmark: filtered retrieval at 100k chunks, and ingestion throughput.
+
+``python -m bench.knowledge [--chunks 100000] [--queries 50] [--docs 60]``
+
+1. Retrieval: ``--chunks`` synthetic chunks (512-d clustered vectors, mixed Chinese and
+   English text, 10 bases, files of 50 chunks, tags, metadata, structured cells) in LanceDB
+   with the indexes ``maintain`` builds. For every filter shape: p50/p95 of one hybrid search
+   (vector + full-text legs with the filter, fused: ``LanceDBStore.search`` + ``fuse``) and
+   recall@10 of the vector leg against exact (numpy) search over the same filtered rows.
+   Targets: p50 <= 10 ms and recall@10 >= 0.95 for every shape.
+2. Ingestion: ``--docs`` generated documents through the real service (SQLite catalogue,
+   parsing, chunking, the packaged embedding model, LanceDB, indexes), against the same
+   model embedding the same chunk texts directly, measured in the same run.
+   Target: ingestion chunks/s >= 80% of the model's chunks/s.
+
+``run(...) -> dict`` returns the figures (and ``ok``) for the bench runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowhost.knowledge.filters import StoreFilter, meta_label, structured_label, tag_label
+from flowhost.knowledge.lancedb_store import LanceDBStore
+from flowhost.knowledge.vectorstore import ChunkRow, fuse
+
+__all__ = ["run"]
+
+DIM = 512
+BASES = 10
+WORDS_EN = [
+    "kettle",
+    "battery",
+    "screen",
+    "price",
+    "camera",
+    "warranty",
+    "storage",
+    "memory",
+    "phone",
+    "charger",
+]
+WORDS_ZH = ["手机", "价格", "电池", "屏幕", "相机", "保修", "存储", "内存", "充电", "水壶"]
+
+
+def _corpus(n: int, rng: np.random.Generator) -> tuple[np.ndarray[Any, Any], list[ChunkRow]]:
+    centers = rng.standard_normal((256, DIM)).astype(np.float32)
+    vecs = centers[rng.integers(0, 256, n)] + 0.7 * rng.standard_normal((n, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    rows = []
+    for i in range(n):
+        words = [*rng.choice(WORDS_EN, 6), *rng.choice(WORDS_ZH, 6)]
+        labels = (
+            tag_label(f"t{i % 10}"),
+            tag_label(f"r{i % 97}"),
+            meta_label("lang", "zh" if i % 2 else "en"),
+            meta_label("k", f"v{i % 50}"),
+            structured_label("price", str(1000 + i % 100)),
+        )
+        rows.append(
+            ChunkRow(
+                chunk_id=f"c{i}",
+                pipeline_id=f"kb{i % BASES}",
+                file_id=f"file_{i // 50}",
+                doc_name=f"doc{i // 50}",
+                title="",
+                text=" ".join(words) + f" 第{i}段",
+                position=i % 50,
+                labels=labels,
+                meta={},
+                vector=vecs[i],
+            )
+        )
+    return vecs, rows
+
+
+ALL = tuple(f"kb{i}" for i in range(BASES))
+SHAPES: dict[str, tuple[StoreFilter, Any]] = {
+    "pipeline_ids (1 of 10 bases)": (StoreFilter(("kb3",)), lambda i: i % BASES == 3),
+    "file_ids (2 files)": (
+        StoreFilter(("kb1", "kb7"), ("file_11", "file_303")),
+        lambda i: i // 50 in (11, 303) and i % BASES in (1, 7),
+    ),
+    "tags (10%)": (StoreFilter(ALL, None, (tag_label("t4"),)), lambda i: i % 10 == 4),
+    "tags (1%)": (StoreFilter(ALL, None, (tag_label("r5"),)), lambda i: i % 97 == 5),
+    "metadata_filter (2%)": (
+        StoreFilter(ALL, None, None, (meta_label("k", "v7"),)),
+        lambda i: i % 50 == 7,
+    ),
+    "structured_filter (1%)": (
+        StoreFilter(ALL, None, None, (structured_label("price", "1042"),)),
+        lambda i: i % 100 == 42,
+    ),
+    "combined (base+tag+metadata)": (
+        StoreFilter(
+            ("kb2",), None, (tag_label("t2"), tag_label("t6")), (meta_label("lang", "en"),)
+        ),
+        lambda i: i % BASES == 2 and i % 10 in (2, 6) and i % 2 == 0,
+    ),
+}
+
+
+async def _retrieval(n: int, queries: int, workdir: Path) -> dict[str, Any]:
+    rng = np.random.default_rng(42)
+    t0 = time.perf_counter()
+    vecs, rows = _corpus(n, rng)
+    store = LanceDBStore(str(workdir / "lance"))
+    await store.open()
+    try:
+        await store.ensure_space("bench", DIM)
+        t1 = time.perf_counter()
+        for start in range(0, n, 10_000):
+            await store.add("bench", rows[start : start + 10_000])
+        t2 = time.perf_counter()
+        await store.maintain("bench")
+        t3 = time.perf_counter()
+        out: dict[str, Any] = {
+            "chunks": n,
+            "generate_s": round(t1 - t0, 1),
+            "write_s": round(t2 - t1, 1),
+            "index_s": round(t3 - t2, 1),
+            "shapes": {},
+        }
+        ids = np.arange(n)
+        for name, (flt, pred) in SHAPES.items():
+            allowed = ids[np.fromiter((pred(i) for i in range(n)), bool, n)]
+            lat, recalls = [], []
+            for qi in range(queries + 3):
+                q = vecs[rng.integers(n)] + 0.25 * rng.standard_normal(DIM).astype(np.float32)
+                q /= np.linalg.norm(q)
+                text = " ".join([*rng.choice(WORDS_EN, 2), *rng.choice(WORDS_ZH, 2)])
+                start = time.perf_counter()
+                result = await store.search("bench", q.tolist(), text, flt, 20)
+                fuse(result, 10)
+                elapsed = time.perf_counter() - start
+                if qi < 3:
+                    continue  # warm-up
+                lat.append(elapsed * 1000)
+                exact = allowed[np.argsort(-(vecs[allowed] @ q))[:10]]
+                got = {int(h.chunk_id[1:]) for h in result.vector[:10]}
+                recalls.append(len(got & set(exact.tolist())) / min(10, len(allowed)))
+            lat.sort()
+            out["shapes"][name] = {
+                "rows": len(allowed),
+                "p50_ms": round(statistics.median(lat), 2),
+                "p95_ms": round(lat[int(0.95 * (len(lat) - 1))], 2),
+                "recall_at_10": round(float(np.mean(recalls)), 4),
+            }
+        return out
+    finally:
+        await store.close()
+
+
+def _documents(count: int, rng: np.random.Generator) -> list[tuple[str, bytes]]:
+    docs = []
+    for d in range(count):
+        parts = []
+        for s in range(12):
+            en = " ".join(rng.choice(WORDS_EN, 8))
+            zh = "".join(rng.choice(WORDS_ZH, 8))
+            parts.append(
+                f"# Section {s}\n\nThe {en} is described here. {zh}。\n\n"
+                f"Another sentence about the {en}. 关于{zh}的说明。\n"
+            )
+        docs.append((f"doc{d}.md", "\n".join(parts).encode()))
+    return docs
+
+
+async def _ingestion(docs: int, workdir: Path) -> dict[str, Any]:
+    from flowhost.config import Settings
+    from flowhost.knowledge.chunking import chunk_sections
+    from flowhost.knowledge.embedding import LocalEmbedder
+    from flowhost.knowledge.parsing import parse_document
+    from flowhost.knowledge.service import KnowledgeService
+    from flowhost.store import Store
+
+    rng = np.random.default_rng(7)
+    files = _documents(docs, rng)
+    settings = Settings(data_dir=workdir / "data", flows=workdir / "none", kb_bootstrap=False)
+    texts: list[str] = []
+    for name, data in files:
+        pieces = chunk_sections(
+            parse_document(name, data),
+            size=settings.kb_chunk_size,
+            overlap=settings.kb_chunk_overlap,
+        )
+        texts.extend(f"{p.title}\n{p.text}" if p.title else p.text for p in pieces)
+    model = LocalEmbedder()
+    model.embed_sync(["warm up"])
+    batch = settings.embedding_batch_size
+    start = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        model.embed_sync(texts[i : i + batch])
+    model_rate = len(texts) / (time.perf_counter() - start)
+
+    store = await Store.open(None, data_dir=settings.data_dir, service="bench")
+    svc = KnowledgeService(settings, store)
+    await svc.start()
+    try:
+        base = await svc.create_base("bench")
+        start = time.perf_counter()
+        for name, data in files:
+            await svc.add_document(base.pipeline_id, name, data)
+        await svc.wait_idle(limit_s=3600)
+        elapsed = time.perf_counter() - start
+        chunks = sum(d.chunk_count for d in await svc.list_documents(base.pipeline_id, limit=10**6))
+    finally:
+        await svc.close()
+        await store.close()
+    rate = chunks / elapsed
+    return {
+        "documents": docs,
+        "chunks": chunks,
+        "model_chunks_per_s": round(model_rate, 1),
+        "ingest_chunks_per_s": round(rate, 1),
+        "ratio": round(rate / model_rate, 3),
+    }
+
+
+def run(chunks: int = 100_000, queries: int = 50, docs: int = 60) -> dict[str, Any]:
+    """Both parts; ``ok`` is True when every target is met."""
+    workdir = Path(tempfile.mkdtemp(prefix="flowhost-bench-kb-"))
+    try:
+        retrieval = asyncio.run(_retrieval(chunks, queries, workdir))
+        ingestion = asyncio.run(_ingestion(docs, workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    shapes_ok = all(
+        s["p50_ms"] <= 10 and s["recall_at_10"] >= 0.95 for s in retrieval["shapes"].values()
+    )
+    return {
+        "retrieval": retrieval,
+        "ingestion": ingestion,
+        "ok": shapes_ok and ingestion["ratio"] >= 0.8,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.knowledge")
+    parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--docs", type=int, default=60)
+    args = parser.parse_args(argv)
+    result = run(args.chunks, args.queries, args.docs)
+    print(json.dumps(result, ensure_ascii=False, indent=2))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

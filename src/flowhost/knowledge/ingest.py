@@ -1,0 +1,162 @@
+"""One indexing job: parse, chunk, embed in batches (off the event loop), write, index.
+
+A failure (unreadable file, embedding endpoint down, ...) marks the job and the document
+failed with the reason and removes the file's partial chunks; the base stays usable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from flowhost.knowledge.chunking import chunk_sections
+from flowhost.knowledge.filters import meta_label, structured_label, tag_label
+from flowhost.knowledge.parsing import ParseError, parse_document, parse_table
+from flowhost.knowledge.records import Document, Job, KnowledgeBase, utcnow
+from flowhost.knowledge.vectorstore import MAX_LABELS, ChunkRow
+
+if TYPE_CHECKING:
+    from flowhost.knowledge.service import KnowledgeService
+
+__all__ = ["WRITE_ROWS", "Unit", "run_job", "units_of"]
+
+log = logging.getLogger("flowhost.knowledge")
+WRITE_ROWS = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """What becomes one chunk: its text, the text to embed, labels and metadata."""
+
+    text: str
+    embed_text: str
+    title: str
+    labels: tuple[str, ...]
+    meta: dict[str, Any]
+
+
+def units_of(base: KnowledgeBase, doc: Document, content: bytes) -> tuple[list[Unit], list[str]]:
+    """Chunks of a document (blocking; run in a thread). Returns (units, table columns)."""
+    if base.type == "structured":
+        table = parse_table(doc.name, content)
+        units = []
+        for i, row in enumerate(table.rows):
+            text = "\n".join(f"{c}: {v}" for c, v in row.items() if v != "")
+            labels = tuple(structured_label(c, v) for c, v in row.items())
+            title = f"{doc.name} #{i + 1}"
+            units.append(Unit(text, text, title, labels[:MAX_LABELS], {"row": row}))
+        return units, table.columns
+    sections = parse_document(doc.name, content)
+    pieces = chunk_sections(sections, size=base.chunk_size, overlap=base.chunk_overlap)
+    labels = tuple(tag_label(t) for t in doc.tags) + tuple(
+        meta_label(k, v) for k, v in doc.metadata.items()
+    )
+    meta: dict[str, Any] = {"metadata": doc.metadata, "tags": doc.tags}
+    out = []
+    for p in pieces:
+        m = {**meta, "page": p.page} if p.page is not None else meta
+        embed_text = f"{p.title}\n{p.text}" if p.title else p.text
+        out.append(Unit(p.text, embed_text, p.title or doc.name, labels, m))
+    return out, []
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ParseError):
+        return str(exc)
+    text = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def run_job(svc: KnowledgeService, job: Job) -> None:
+    """Index the job's document. Records success or failure; raises only on cancellation."""
+    repo = svc.repo
+    try:
+        doc = await repo.get_document(job.file_id)
+        base = await repo.get_base(doc.pipeline_id)
+    except Exception as exc:  # the document or base was deleted meanwhile
+        await repo.update_job(
+            job.job_id, status="failed", error=_reason(exc), finished_at=utcnow(), lease_until=None
+        )
+        return
+    space = base.space
+    try:
+        await repo.set_document(doc.file_id, status="running", error=None)
+        content = await repo.get_blob(doc.file_id)
+        embedder = await svc.embedder_for(base)
+        units, columns = await anyio.to_thread.run_sync(units_of, base, doc, content)
+        if columns:
+            await repo.extend_base_keys(base.pipeline_id, columns=columns)
+        await repo.update_job(job.job_id, total=len(units))
+        await svc.vectors.ensure_space(space, base.embedding.dim)
+        await svc.vectors.delete(space, base.pipeline_id, doc.file_id)
+        await _embed_and_write(svc, base, doc, job, units, embedder)
+        svc.mark_dirty(space)  # indexes are refreshed once the queue is empty
+        await repo.set_document(doc.file_id, status="completed", chunk_count=len(units))
+        await repo.update_job(
+            job.job_id,
+            status="completed",
+            progress=len(units),
+            finished_at=utcnow(),
+            lease_until=None,
+        )
+        log.info("indexed %s (%s): %d chunks", doc.name, doc.file_id, len(units))
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception as exc:
+        reason = _reason(exc)
+        log.warning("indexing %s (%s) failed: %s", doc.name, doc.file_id, reason)
+        try:
+            await svc.vectors.delete(space, base.pipeline_id, doc.file_id)
+        except Exception:
+            log.exception("cannot remove the partial chunks of %s", doc.file_id)
+        await repo.set_document(doc.file_id, status="failed", error=reason, chunk_count=0)
+        await repo.update_job(
+            job.job_id, status="failed", error=reason, finished_at=utcnow(), lease_until=None
+        )
+
+
+async def _embed_and_write(
+    svc: KnowledgeService,
+    base: KnowledgeBase,
+    doc: Document,
+    job: Job,
+    units: Sequence[Unit],
+    embedder: Any,
+) -> None:
+    batch = svc.settings.embedding_batch_size
+    pending: list[ChunkRow] = []
+    done = 0
+    for start in range(0, len(units), batch):
+        part = units[start : start + batch]
+        vectors = await embedder.embed([u.embed_text for u in part])
+        if vectors.shape[1] != base.embedding.dim:
+            raise ValueError(
+                f"embedding model {base.embedding.model!r} returned {vectors.shape[1]}-d "
+                f"vectors; the knowledge base holds {base.embedding.dim}-d vectors"
+            )
+        for i, (unit, vec) in enumerate(zip(part, vectors, strict=True)):
+            pending.append(
+                ChunkRow(
+                    chunk_id=f"{doc.file_id}_{start + i}",
+                    pipeline_id=base.pipeline_id,
+                    file_id=doc.file_id,
+                    doc_name=doc.name,
+                    title=unit.title,
+                    text=unit.text,
+                    position=start + i,
+                    labels=unit.labels,
+                    meta=unit.meta,
+                    vector=vec,
+                )
+            )
+        done += len(part)
+        if len(pending) >= WRITE_ROWS:
+            await svc.vectors.add(base.space, pending)
+            pending = []
+            await svc.repo.update_job(job.job_id, progress=done)
+    if pending:
+        await svc.vectors.add(base.space, pending)

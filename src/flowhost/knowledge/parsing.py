@@ -1,0 +1,270 @@
+"""Turn an uploaded file into text sections (unstructured) or rows (structured).
+
+Formats: ``.txt``, ``.md``, ``.html``/``.htm`` (the standard library's ``html.parser``), ``.pdf``
+(pypdf, one section per page), ``.docx`` (python-docx, headings start sections), and for
+structured bases ``.csv`` (the ``csv`` module) and ``.xlsx`` (openpyxl, first sheet). Parsing is
+synchronous and CPU-bound: the job worker runs it in a thread.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import PurePath
+from typing import Any
+
+__all__ = [
+    "STRUCTURED_TYPES",
+    "UNSTRUCTURED_TYPES",
+    "ParseError",
+    "Section",
+    "Table",
+    "file_type",
+    "parse_document",
+    "parse_table",
+]
+
+UNSTRUCTURED_TYPES = frozenset({"txt", "md", "html", "pdf", "docx"})
+STRUCTURED_TYPES = frozenset({"csv", "xlsx"})
+_ALIASES = {"htm": "html", "markdown": "md", "text": "txt"}
+MAX_COLUMNS = 128
+
+
+class ParseError(Exception):
+    """The file cannot be read as its type; the message says why (shown as the job's reason)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A run of text under one heading (``title``); ``page`` is 1-based for PDFs."""
+
+    text: str
+    title: str = ""
+    page: int | None = None
+
+
+@dataclass(slots=True)
+class Table:
+    columns: list[str]
+    rows: list[dict[str, str]] = field(default_factory=list)
+
+
+def file_type(name: str) -> str:
+    """The lower-case extension of ``name`` (aliases folded), e.g. ``"pdf"``."""
+    ext = PurePath(name).suffix.lower().lstrip(".")
+    return _ALIASES.get(ext, ext)
+
+
+def _decode(data: bytes) -> str:
+    for encoding in ("utf-8-sig", "gb18030"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise ParseError("the file is not UTF-8 or GB18030 text")
+
+
+_MD_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+
+
+def _markdown(text: str) -> list[Section]:
+    sections: list[Section] = []
+    title, buf = "", list[str]()
+    for line in text.splitlines():
+        m = _MD_HEADING.match(line)
+        if m:
+            if "".join(buf).strip():
+                sections.append(Section("\n".join(buf).strip(), title))
+            title, buf = m.group(2), []
+        else:
+            buf.append(line)
+    if "".join(buf).strip():
+        sections.append(Section("\n".join(buf).strip(), title))
+    return sections
+
+
+class _HTMLText(HTMLParser):
+    _SKIP = frozenset({"script", "style", "noscript", "template", "head"})
+    _BLOCK = frozenset(
+        {"p", "div", "br", "li", "tr", "section", "article", "table", "ul", "ol", "pre", "hr"}
+    )
+    _HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.sections: list[Section] = []
+        self._title, self._buf, self._heading = "", [], []  # type: tuple[str, list[str], list[str]]
+        self._skip = 0
+        self._in_heading = False
+
+    def _flush(self) -> None:
+        text = re.sub(r"[ \t]+", " ", "".join(self._buf))
+        text = re.sub(r"\n\s*\n+", "\n\n", text).strip()
+        if text:
+            self.sections.append(Section(text, self._title))
+        self._buf = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIP:
+            self._skip += 1
+        elif tag in self._HEADINGS:
+            self._flush()
+            self._in_heading, self._heading = True, []
+        elif tag in self._BLOCK:
+            self._buf.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP:
+            self._skip = max(0, self._skip - 1)
+        elif tag in self._HEADINGS and self._in_heading:
+            self._in_heading = False
+            self._title = " ".join("".join(self._heading).split())
+        elif tag in self._BLOCK:
+            self._buf.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._skip:
+            return
+        (self._heading if self._in_heading else self._buf).append(data)
+
+    def close(self) -> None:
+        super().close()
+        self._flush()
+
+
+def _pdf(data: bytes) -> list[Section]:
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except (PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise ParseError(f"not a readable PDF: {exc}") from exc
+    return [Section(t.strip(), "", i + 1) for i, t in enumerate(pages) if t.strip()]
+
+
+def _docx(data: bytes) -> list[Section]:
+    import zipfile
+
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise ParseError(f"not a readable .docx file: {exc}") from exc
+    sections: list[Section] = []
+    title, buf = "", list[str]()
+    for para in document.paragraphs:
+        style = (para.style.name if para.style is not None else "") or ""
+        if style.lower().startswith(("heading", "title")) and para.text.strip():
+            if buf:
+                sections.append(Section("\n".join(buf), title))
+            title, buf = para.text.strip(), []
+        elif para.text.strip():
+            buf.append(para.text.strip())
+    for table in document.tables:
+        for row in table.rows:
+            cells = [c.text.strip() for c in row.cells]
+            if any(cells):
+                buf.append(" | ".join(cells))
+    if buf:
+        sections.append(Section("\n".join(buf), title))
+    return sections
+
+
+def parse_document(name: str, data: bytes) -> list[Section]:
+    """Sections of an unstructured document. Raises ParseError (unknown type, unreadable)."""
+    kind = file_type(name)
+    if kind == "pdf":
+        sections = _pdf(data)
+    elif kind == "docx":
+        sections = _docx(data)
+    elif kind == "html":
+        parser = _HTMLText()
+        parser.feed(_decode(data))
+        parser.close()
+        sections = parser.sections
+    elif kind == "md":
+        sections = _markdown(_decode(data))
+    elif kind == "txt":
+        text = _decode(data).strip()
+        sections = [Section(text)] if text else []
+    else:
+        raise ParseError(
+            f"unsupported file type {kind!r} for an unstructured base "
+            f"(use {', '.join(sorted(UNSTRUCTURED_TYPES))})"
+        )
+    if not sections:
+        raise ParseError("the document has no text")
+    return sections
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _table(header: list[Any], body: list[list[Any]]) -> Table:
+    columns = [_cell(h) for h in header]
+    if not any(columns):
+        raise ParseError("the table has no header row")
+    if len(columns) > MAX_COLUMNS:
+        raise ParseError(f"the table has more than {MAX_COLUMNS} columns")
+    seen: set[str] = set()
+    for i, c in enumerate(columns):
+        if not c:
+            columns[i] = c = f"column_{i + 1}"
+        if c in seen:
+            raise ParseError(f"duplicate column {c!r}")
+        seen.add(c)
+    table = Table(columns)
+    for raw in body:
+        row = {c: _cell(raw[i]) if i < len(raw) else "" for i, c in enumerate(columns)}
+        if any(row.values()):
+            table.rows.append(row)
+    if not table.rows:
+        raise ParseError("the table has no rows")
+    return table
+
+
+def parse_table(name: str, data: bytes) -> Table:
+    """Header and rows of a ``.csv`` or ``.xlsx`` file. Raises ParseError."""
+    kind = file_type(name)
+    if kind == "csv":
+        text = _decode(data)
+        try:
+            dialect: Any = csv.Sniffer().sniff(text[:4096], delimiters=",;\t|")
+        except csv.Error:
+            dialect = csv.excel
+        try:
+            rows = list(csv.reader(io.StringIO(text), dialect))
+        except csv.Error as exc:
+            raise ParseError(f"not a readable CSV file: {exc}") from exc
+    elif kind == "xlsx":
+        import zipfile
+
+        import openpyxl
+        from openpyxl.utils.exceptions import InvalidFileException
+
+        try:
+            book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+        except (InvalidFileException, zipfile.BadZipFile, KeyError, ValueError) as exc:
+            raise ParseError(f"not a readable .xlsx file: {exc}") from exc
+        try:
+            sheet = book.worksheets[0]
+            rows = [list(r) for r in sheet.iter_rows(values_only=True)]
+        finally:
+            book.close()
+    else:
+        raise ParseError(f"unsupported file type {kind!r} for a structured base (use csv, xlsx)")
+    if not rows:
+        raise ParseError("the table is empty")
+    return _table(rows[0], rows[1:])

@@ -1,0 +1,1 @@
+"""The knowledge-base HTTP API (``/api/v1/knowledge``)."""

@@ -1,0 +1,43 @@
+"""Fixtures for the knowledge tests: a store, a started KnowledgeService, shipped documents."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from flowhost.config import Settings
+from flowhost.knowledge import KnowledgeService
+from flowhost.store import Store
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def kb_settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        flows=tmp_path / "no-flows",
+        kb_bootstrap=False,
+        kb_chunk_size=200,
+        kb_chunk_overlap=30,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    st = await Store.open(None, data_dir=tmp_path / "data", service="kbtest")
+    yield st
+    await st.close()
+
+
+@pytest.fixture
+async def service(kb_settings: Settings, store: Store) -> AsyncIterator[KnowledgeService]:
+    svc = KnowledgeService(kb_settings, store)
+    await svc.start()
+    yield svc
+    await svc.close()

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from kbdocs import fixture_bytes, make_docx, make_pdf, make_xlsx
+
+from flowhost.knowledge.chunking import chunk_sections, split_sentences
+from flowhost.knowledge.parsing import ParseError, Section, parse_document, parse_table
+
+
+def test_sentences_split_on_chinese_and_english_punctuation() -> None:
+    text = "百炼手机价格为2999元。它有6GB内存！真的吗？Yes. It costs 3.5 dollars! Really?"
+    assert split_sentences(text) == [
+        "百炼手机价格为2999元。",
+        "它有6GB内存！",
+        "真的吗？",
+        "Yes.",
+        "It costs 3.5 dollars!",
+        "Really?",
+    ]
+
+
+def test_chunks_respect_size_and_overlap() -> None:
+    text = "第一句话很长很长。" * 40 + "\n\n" + "English sentence one. Sentence two is here. " * 20
+    pieces = chunk_sections([Section(text, "T")], size=100, overlap=30)
+    assert all(len(p.text) <= 100 for p in pieces)
+    assert len(pieces) > 5
+    # overlap: each chunk starts with the previous one's last sentence(s)
+    for a, b in itertools.pairwise(pieces):
+        assert b.text.split("。")[0] in a.text or b.text.split(". ")[0] in a.text
+    with pytest.raises(ValueError, match="overlap"):
+        chunk_sections([Section("x")], size=10, overlap=10)
+
+
+def test_long_sentence_is_cut() -> None:
+    pieces = chunk_sections([Section("字" * 250)], size=100, overlap=0)
+    assert [len(p.text) for p in pieces] == [100, 100, 50]
+
+
+def test_markdown_headings_become_titles() -> None:
+    sections = parse_document("guide_zh.md", fixture_bytes("guide_zh.md"))
+    assert [s.title for s in sections] == ["极光电水壶的安装", "清洁与保养"]
+
+
+def test_html_drops_scripts_and_styles() -> None:
+    sections = parse_document("faq_zh.html", fixture_bytes("faq_zh.html"))
+    text = " ".join(s.text for s in sections)
+    assert "保修两年" in text
+    assert "alert" not in text
+    assert "color" not in text
+    assert "退货政策" in [s.title for s in sections]
+
+
+def test_pdf_pages() -> None:
+    sections = parse_document("a.pdf", make_pdf(["The Aurora kettle boils water.", "Page one."]))
+    assert sections[0].page == 1
+    assert "Aurora kettle" in sections[0].text
+
+
+def test_docx_headings_and_text() -> None:
+    data = make_docx("保修", ["极光电水壶保修两年。", "Keep the receipt."])
+    sections = parse_document("a.docx", data)
+    assert sections[0].title == "保修"
+    assert "Keep the receipt." in sections[0].text
+
+
+def test_gb18030_text() -> None:
+    assert parse_document("a.txt", "你好世界".encode("gb18030"))[0].text == "你好世界"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "match"),
+    [
+        ("corrupt.pdf", fixture_bytes("corrupt.pdf"), "PDF"),
+        ("a.docx", b"not a zip", "docx"),
+        ("a.exe", b"MZ", "unsupported"),
+        ("empty.txt", b"   ", "no text"),
+    ],
+)
+def test_unreadable_files_raise_parse_error(name: str, data: bytes, match: str) -> None:
+    with pytest.raises(ParseError, match=match):
+        parse_document(name, data)
+
+
+def test_csv_and_xlsx_tables() -> None:
+    table = parse_table("phones.csv", fixture_bytes("phones.csv"))
+    assert table.columns == ["model", "price", "brand", "color"]
+    assert table.rows[0] == {"model": "百炼手机", "price": "2999", "brand": "百炼", "color": "黑色"}
+    xlsx = parse_table("p.xlsx", make_xlsx([["model", "price"], ["A", 2999], ["B", 10.5]]))
+    assert xlsx.rows == [{"model": "A", "price": "2999"}, {"model": "B", "price": "10.5"}]
+    with pytest.raises(ParseError, match="duplicate"):
+        parse_table("d.csv", b"a,a\n1,2\n")
