@@ -133,11 +133,12 @@ def start_flowhost(
     env: dict[str, str] | None = None,
     wait: bool = True,
 ) -> ServerProc:
-    """``flowhost serve examples/flows --default-app APP --no-history``.
+    """``flowhost serve examples/flows/APP --no-history``: only the app under test, so the
+    figures are the app's own (the ``rag`` example would load LanceDB and a model at start).
 
     If ``--no-history`` is rejected, it is dropped (once, with a note) and the server restarted.
     """
-    base = ["-m", "flowhost", "serve", str(EXAMPLES), "--default-app", app]
+    base = ["-m", "flowhost", "serve", str(EXAMPLES / app)]
     flags = ["--no-history"] if cfg.history_flag_ok else []
     try:
         return servers.start(f"flowhost-{app}", base + flags, cpus=cpus, env=env, wait=wait)

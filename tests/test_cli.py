@@ -93,11 +93,6 @@ def test_run_with_a_malformed_input() -> None:
     assert "'question' is not KEY=VALUE" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli._parse_inputs: value[:1] is '' for an empty value and '' in '[{' is True, so "
-    "`--input question=` is parsed as JSON and rejected",
-)
 def test_run_with_an_empty_value() -> None:
     code, out, err = invoke("run", str(EXAMPLES / "echo"), "--input", "question=")
     assert code == 0, err
@@ -185,11 +180,6 @@ def test_validate_a_folder_without_flows(tmp_path: Path) -> None:
     assert "no flow folders" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.validate loads with env={}, so a connections.yaml that uses ${env:VAR} (as it "
-    "should, to keep keys out of files) fails validation even when VAR is set",
-)
 def test_validate_a_flow_whose_connection_reads_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

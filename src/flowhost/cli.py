@@ -181,4 +181,3 @@ def db_upgrade(database_url: str | None, data_dir: Path, service_name: str) -> N
         click.echo(asyncio.run(go()))
     except StoreError as exc:
         raise click.ClickException(exc.message) from None
-

@@ -587,7 +587,8 @@ def test_body_not_json(srv: Any) -> None:
 def test_rag_options_and_memory_id_are_validated(srv: Any) -> None:
     # an app without a retrieval node takes rag_options and has nothing to filter
     rsp = call(srv, "echo", prompt="手机", rag_options={"pipeline_ids": ["p1"], "tags": "手机"})
-    assert rsp.status_code == 200 and rsp.output.text == "echo: 手机"
+    assert rsp.status_code == 200
+    assert rsp.output.text == "echo: 手机"
     rsp = call(srv, "echo", prompt="x", rag_options={"pipeline_ids": 5})
     assert (rsp.status_code, rsp.code) == (400, "InvalidParameter")
     assert "pipeline_ids" in rsp.message

@@ -223,11 +223,6 @@ def test_lone_surrogates_are_answered_as_valid_json(fixtures_server: Any) -> Non
     assert r.json()["answer"]["question"] == ["str", "a\ud800b"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wire/http.py read_json_object catches JSONDecodeError/UnicodeDecodeError only; "
-    "json.loads raises a plain ValueError for an integer over 4300 digits -> 500",
-)
 def test_a_huge_integer_literal_is_a_bad_request(examples_server: Any) -> None:
     r = requests.post(
         examples_server.url,

@@ -364,7 +364,9 @@ def test_unknown_model(client: OpenAI) -> None:
 
 def test_unknown_memory_is_404(client: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as err:
-        client.chat.completions.create(model="default", messages=user("x"), extra_body={"memory_id": "m1"})
+        client.chat.completions.create(
+            model="default", messages=user("x"), extra_body={"memory_id": "m1"}
+        )
     assert "m1" in err.value.message
 
 

@@ -91,15 +91,9 @@ async def test_extraction_adds_then_updates_instead_of_duplicating(
     )
     await memory.extract(m.memory_id, "我现在更喜欢米饭")
     nodes, total = await memory.list_nodes(m.memory_id, limit=10, offset=0)
-    assert (
-        total == 1
-    )
-    assert (
-        nodes[0].node_id == node.node_id
-    )
-    assert (
-        nodes[0].content == "用户饮食偏好：米饭"
-    )
+    assert total == 1
+    assert nodes[0].node_id == node.node_id
+    assert nodes[0].content == "用户饮食偏好：米饭"
     extraction_prompt = llm.requests[-1].body["messages"][0]["content"]
     assert f"{node.node_id}: 用户饮食偏好：面食" in extraction_prompt
 

@@ -121,7 +121,8 @@ def env_connections(env: Mapping[str, str]) -> tuple[dict[str, Connection], str 
             base_url=env.get("OPENAI_BASE_URL", OPENAI_BASE_URL),
             api_key=env["OPENAI_API_KEY"],
             # OpenAI itself has a sensible default; any other endpoint must name its model
-            model=env.get("OPENAI_MODEL") or (None if env.get("OPENAI_BASE_URL") else "gpt-4o-mini"),
+            model=env.get("OPENAI_MODEL")
+            or (None if env.get("OPENAI_BASE_URL") else "gpt-4o-mini"),
             max_retries=retries,
         )
         default = "openai"

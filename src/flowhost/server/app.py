@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,7 +28,15 @@ from flowhost.exceptions import (
     ServiceUnavailable,
 )
 from flowhost.history import StoreHistory
+from flowhost.knowledge import (
+    KnowledgeService,
+    mount_knowledge,
+    needs_knowledge,
+    start_knowledge,
+    stop_knowledge,
+)
 from flowhost.llm.client import LLMClient
+from flowhost.memory import MemoryService
 from flowhost.server.errors import render_error
 from flowhost.server.middleware import RequestContextMiddleware
 from flowhost.service import RunService
@@ -36,9 +46,13 @@ from flowhost.wire.complete.routes import router as complete_router
 from flowhost.wire.dashscope.routes import router as dashscope_router
 from flowhost.wire.history.routes import router as history_router
 from flowhost.wire.http import request_id
+from flowhost.wire.memory.routes import router as memory_router
 from flowhost.wire.openai.routes import router as openai_router
 from flowhost.wire.simple.routes import router as simple_router
 from flowhost.wire.traces.routes import router as traces_router  # tracing
+
+if TYPE_CHECKING:
+    from flowhost.knowledge.embedding import Embedder
 
 __all__ = ["create_app", "open_store"]
 
@@ -83,6 +97,30 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, flowhost_error)
 
 
+def build_memory(
+    settings: Settings, store: Store, llm: LLMClient, apps: AppRegistry
+) -> MemoryService:
+    """Long-term memory on the store, embedding with the knowledge bases' model."""
+    from flowhost.knowledge.embedding import LocalEmbedder, OpenAIEmbedder
+
+    connections = apps.get(None).services.connections
+    embedder: Embedder = (
+        OpenAIEmbedder(connections.get(settings.embedding_connection), settings.embedding_model)
+        if settings.embedding_connection
+        else LocalEmbedder()
+    )
+    return MemoryService(
+        store,
+        embedder,
+        llm,
+        connections,
+        connection=settings.memory_connection,
+        model=settings.memory_model,
+        recall_k=settings.memory_recall_k,
+        min_score=settings.memory_min_score,
+    )
+
+
 def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAPI:
     """Build the ASGI app. Loads (and validates) every flow now, so bad flows fail fast."""
     llm = LLMClient()
@@ -92,21 +130,40 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store: Store | None = None
+        # one SQL store for sessions, memories, knowledge-base metadata and spans
+        store = await open_store(settings)
         try:
-            if settings.history or tracing is not None:  # tracing: spans live in the store
-                store = await open_store(settings)
-            if settings.history and store is not None:
-                service.history = StoreHistory(store)
-            if tracing is not None:  # tracing
+            if settings.history:
+                service.history = StoreHistory(store, history_turns=settings.history_turns)
+            lock = asyncio.Lock()
+
+            async def start_kb() -> KnowledgeService:
+                async with lock:
+                    running = app.state.knowledge
+                    return running or await start_knowledge(app, settings, store, apps)
+
+            app.state.knowledge_starter = start_kb
+            if needs_knowledge(apps):  # retrieval nodes and declared bases need it from the start
+                await start_kb()
+            if settings.memory:
+                service.memory = app.state.memory = build_memory(settings, store, llm, apps)
+            if tracing is not None:
                 await tracing.start(store)
+            # Everything built so far lives as long as the process: move it out of the
+            # collector's reach, so full collections stop rescanning ~200k startup objects
+            # (measured: p99 at 32 connections 169 ms -> 21 ms; see bench/).
+            gc.collect()
+            gc.freeze()
             yield
         finally:
-            if tracing is not None:  # tracing: flush spans before the store closes
+            if tracing is not None:  # flush spans before the store closes
                 await tracing.aclose()
             service.history = None
-            if store is not None:
-                await store.close()
+            if service.memory is not None:  # let running extractions finish
+                await service.memory.close()
+                service.memory = app.state.memory = None
+            await stop_knowledge(app, apps)
+            await store.close()
             await llm.aclose()
 
     app = FastAPI(
@@ -118,6 +175,7 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.memory = None
     app.state.service = service
     app.state.apps = apps
     app.state.tracing = tracing  # tracing
@@ -152,6 +210,8 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
     app.include_router(openai_router)
     app.include_router(dashscope_router)
     app.include_router(history_router)
+    app.include_router(memory_router)
+    mount_knowledge(app)
     app.include_router(traces_router)  # tracing
     if tracing is not None:  # tracing: continue an incoming W3C traceparent
         app.add_middleware(TraceContextMiddleware)

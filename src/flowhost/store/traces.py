@@ -1,0 +1,331 @@
+"""``TraceRepository``: the local span store behind the console's trace views.
+
+One table per service, ``flowhost_trace_run_<service>`` (migration 0002), with **one row per
+run**: the run's root span in columns (trace id, span id, app, session, status, times, tokens,
+attributes) and its node spans as one JSON list. A run is written once, when it ends, so a flow
+of any size costs one insert; reading a trace is one indexed lookup. A trace that several runs
+continued (one incoming ``traceparent``) has one row per run. Rows are pruned by age.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ColumnElement,
+    Connection,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+)
+
+from flowhost.store.engine import translate_errors
+from flowhost.store.names import ServiceNames, service_names
+from flowhost.store.runner import Runner, make_runner
+from flowhost.store.schema import UTCDateTime
+
+if TYPE_CHECKING:
+    from flowhost.store.store import Store
+
+__all__ = [
+    "RunRecord",
+    "SpanRecord",
+    "TraceNames",
+    "TraceQuery",
+    "TraceRepository",
+    "trace_table",
+]
+
+_MYSQL_TABLE_ARGS: Final[dict[str, Any]] = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+NAME_MAX: Final = 255
+
+
+@dataclass(frozen=True, slots=True)
+class TraceNames:
+    """The trace table's identifiers for one service (at most 63 characters each)."""
+
+    service: str
+
+    @property
+    def run_table(self) -> str:
+        return f"flowhost_trace_run_{self.service}"
+
+    @property
+    def time_index(self) -> str:
+        return f"ix_fh_trace_{self.service}_time"
+
+    @property
+    def app_index(self) -> str:
+        return f"ix_fh_trace_{self.service}_app"
+
+    @property
+    def session_index(self) -> str:
+        return f"ix_fh_trace_{self.service}_sess"
+
+    @property
+    def run_index(self) -> str:
+        return f"ix_fh_trace_{self.service}_run"
+
+
+def trace_table(names: ServiceNames | TraceNames, metadata: MetaData) -> Table:
+    """Define (or return the already defined) trace table of ``names.service`` on ``metadata``."""
+    n = TraceNames(names.service)
+    existing = metadata.tables.get(n.run_table)
+    if existing is not None:
+        return existing
+    return Table(
+        n.run_table,
+        metadata,
+        Column("trace_id", String(32), nullable=False),
+        Column("span_id", String(16), nullable=False),
+        Column("parent_span_id", String(16), nullable=True),
+        Column("name", String(NAME_MAX), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("run_id", String(64), nullable=True),
+        Column("app_id", String(128), nullable=True),
+        Column("session_id", String(255), nullable=True),
+        Column("start_time", UTCDateTime(), nullable=False),
+        Column("end_time", UTCDateTime(), nullable=False),
+        Column("duration_us", BigInteger(), nullable=False),
+        Column("input_tokens", Integer(), nullable=True),
+        Column("output_tokens", Integer(), nullable=True),
+        Column("attributes", JSON(), nullable=False),
+        Column("spans", JSON(), nullable=False),
+        PrimaryKeyConstraint("trace_id", "span_id"),
+        Index(n.time_index, "start_time"),
+        Index(n.app_index, "app_id", "start_time"),
+        Index(n.session_index, "session_id", "start_time"),
+        Index(n.run_index, "run_id"),
+        **_MYSQL_TABLE_ARGS,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRecord:
+    """One span of a stored trace. ``status``: completed, failed, canceled or skipped."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    span_type: str
+    status: str
+    start_time: datetime
+    end_time: datetime
+    duration_us: int
+    attributes: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One stored run: its root span in columns, its node spans in ``spans``.
+
+    Each entry of ``spans`` is ``{"span_id", "parent_span_id", "name", "span_type", "status",
+    "start_ns", "end_ns", "attributes"}``.
+    """
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    status: str
+    run_id: str | None
+    app_id: str | None
+    session_id: str | None
+    start_time: datetime
+    end_time: datetime
+    duration_us: int
+    input_tokens: int | None
+    output_tokens: int | None
+    attributes: dict[str, Any]
+    spans: list[dict[str, Any]] = field(default_factory=list)
+
+    def root(self) -> SpanRecord:
+        return SpanRecord(
+            self.trace_id,
+            self.span_id,
+            self.parent_span_id,
+            self.name,
+            "flow",
+            self.status,
+            self.start_time,
+            self.end_time,
+            self.duration_us,
+            self.attributes,
+        )
+
+    def expand(self) -> list[SpanRecord]:
+        """The root span, then the node spans."""
+        out = [self.root()]
+        for s in self.spans:
+            start, end = int(s["start_ns"]), int(s["end_ns"])
+            out.append(
+                SpanRecord(
+                    self.trace_id,
+                    str(s["span_id"]),
+                    s.get("parent_span_id"),
+                    str(s["name"]),
+                    str(s["span_type"]),
+                    str(s["status"]),
+                    datetime.fromtimestamp(start / 1e9, UTC),
+                    datetime.fromtimestamp(end / 1e9, UTC),
+                    (end - start) // 1000,
+                    dict(s.get("attributes") or {}),
+                )
+            )
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class TraceQuery:
+    """Filters for ``list_runs``; ``None`` does not filter. Times bound ``start_time``."""
+
+    app_id: str | None = None
+    session_id: str | None = None
+    run_id: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+_COLUMNS: Final = (
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "status",
+    "run_id",
+    "app_id",
+    "session_id",
+    "start_time",
+    "end_time",
+    "duration_us",
+    "input_tokens",
+    "output_tokens",
+    "attributes",
+    "spans",
+)
+
+
+def _record(row: Mapping[Any, Any]) -> RunRecord:
+    values = {c: row[c] for c in _COLUMNS}
+    values["duration_us"] = int(values["duration_us"])
+    values["attributes"] = dict(values["attributes"] or {})
+    values["spans"] = list(values["spans"] or [])
+    return RunRecord(**values)
+
+
+def _row(run: RunRecord) -> dict[str, Any]:
+    row = {c: getattr(run, c) for c in _COLUMNS}
+    row["name"] = run.name[:NAME_MAX]
+    return row
+
+
+class TraceRepository:
+    """Traces of one service, on a store ``Runner`` (see ``flowhost.store.runner``): each call
+    is one transaction. Share it freely."""
+
+    def __init__(self, runner: Runner, service: str) -> None:
+        self._db = runner
+        self._runs = trace_table(service_names(service), MetaData())
+
+    @classmethod
+    def for_store(cls, store: Store) -> TraceRepository:
+        """A repository on ``store``'s database (with a runner of its own)."""
+        return cls(make_runner(store.engine), store.service)
+
+    @property
+    def table(self) -> Table:
+        return self._runs
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def add_runs(self, runs: Sequence[RunRecord]) -> None:
+        """Insert a batch of runs in one transaction (one statement, many rows)."""
+        if not runs:
+            return
+        rows = [_row(r) for r in runs]
+        statement = insert(self._runs)
+
+        def op(conn: Connection) -> None:
+            conn.execute(statement, rows)
+
+        async with translate_errors("storing traces"):
+            await self._db.write(op)
+
+    async def list_runs(
+        self, query: TraceQuery, *, limit: int, offset: int
+    ) -> tuple[list[RunRecord], int]:
+        """One page of runs, newest first, and the total count."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        t = self._runs
+        where: list[ColumnElement[bool]] = []
+        if query.app_id is not None:
+            where.append(t.c.app_id == query.app_id)
+        if query.session_id is not None:
+            where.append(t.c.session_id == query.session_id)
+        if query.run_id is not None:
+            where.append(t.c.run_id == query.run_id)
+        if query.status is not None:
+            where.append(t.c.status == query.status)
+        if query.since is not None:
+            where.append(t.c.start_time >= query.since)
+        if query.until is not None:
+            where.append(t.c.start_time < query.until)
+        page = (
+            select(t)
+            .where(*where)
+            .order_by(t.c.start_time.desc(), t.c.trace_id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        count = select(func.count()).select_from(t).where(*where)
+
+        def op(conn: Connection) -> tuple[list[RunRecord], int]:
+            total = conn.execute(count).scalar_one()
+            rows = conn.execute(page).mappings().all()
+            return [_record(r) for r in rows], int(total)
+
+        async with translate_errors("listing traces"):
+            return await self._db.read(op)
+
+    async def get_trace(self, trace_id: str) -> list[SpanRecord]:
+        """Every stored span of ``trace_id`` (each run's root first), or [] when unknown."""
+        t = self._runs
+        statement = select(t).where(t.c.trace_id == trace_id).order_by(t.c.start_time)
+
+        def op(conn: Connection) -> list[SpanRecord]:
+            rows = conn.execute(statement).mappings().all()
+            return [span for row in rows for span in _record(row).expand()]
+
+        async with translate_errors("reading a trace"):
+            return await self._db.read(op)
+
+    async def prune(self, before: datetime) -> int:
+        """Delete the runs that started before ``before``; return how many."""
+        statement = delete(self._runs).where(self._runs.c.start_time < before)
+
+        def op(conn: Connection) -> int:
+            return int(conn.execute(statement).rowcount or 0)
+
+        async with translate_errors("pruning traces"):
+            return await self._db.write(op)

@@ -1,0 +1,217 @@
+"""The local span store: batched background writes, queries, retention pruning, migration."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from sqlalchemy import Column, Connection, MetaData, String, Table
+from tracing_support import MakeTraced
+
+from flowhost.store import Store
+from flowhost.store.names import service_names
+from flowhost.store.schema import tables_for
+from flowhost.store.traces import RunRecord, SpanRecord, TraceQuery, TraceRepository, trace_table
+from flowhost.tracing.pipeline import SpanPipeline
+from flowhost.tracing.spans import SpanData
+
+pytestmark = pytest.mark.anyio
+
+
+def record(trace: str, span: str, *, age_days: float, **kw: Any) -> RunRecord:
+    start = datetime.now(UTC) - timedelta(days=age_days)
+    fields: dict[str, Any] = {
+        "trace_id": trace * 32,
+        "span_id": span * 16,
+        "parent_span_id": None,
+        "name": "app",
+        "status": "completed",
+        "run_id": f"run-{trace}",
+        "app_id": "app",
+        "session_id": None,
+        "start_time": start,
+        "end_time": start + timedelta(milliseconds=5),
+        "duration_us": 5000,
+        "input_tokens": None,
+        "output_tokens": None,
+        "attributes": {"flowhost.span_type": "flow"},
+        "spans": [],
+    }
+    fields.update(kw)
+    return RunRecord(**fields)
+
+
+@pytest.fixture
+async def repo(tmp_path: Path) -> AsyncIterator[TraceRepository]:
+    store = await Store.open(None, data_dir=tmp_path, service="spans")
+    repo = TraceRepository.for_store(store)
+    yield repo
+    await repo.close()
+    await store.close()
+
+
+async def test_spans_are_written_in_the_background(traced: MakeTraced) -> None:
+    t = await traced(store=True)
+    await t.run("branch", {"question": "is it stored?"})
+    repo = t.tracing.repository
+    assert repo is not None
+    records: list[SpanRecord] = []  # one row per run, expanded into its spans
+    with anyio.fail_after(10):  # poll: the writer's batch window is short
+        while len(records) < 6:
+            records = await repo.get_trace(t.last_trace_id)
+            await anyio.sleep(0.02)
+    root = next(r for r in records if r.span_type == "flow")
+    assert root.name == "branch"
+    assert root.attributes["flowhost.app_id"] == "branch"
+    assert root.status == "completed"
+    assert root.parent_span_id is None
+    assert {r.parent_span_id for r in records if r is not root} == {root.span_id}
+    assert {r.name for r in records} >= {"classify", "join", "answer_statement"}
+    assert next(r for r in records if r.name == "answer_statement").status == "skipped"
+    runs, total = await repo.list_runs(TraceQuery(app_id="branch"), limit=10, offset=0)
+    assert total == 1
+    assert runs[0].trace_id == t.last_trace_id
+
+
+async def test_list_filters_and_pages(repo: TraceRepository) -> None:
+    node = {
+        "span_id": "4" * 16,
+        "parent_span_id": "3" * 16,
+        "name": "llm_node",
+        "span_type": "llm",
+        "status": "completed",
+        "start_ns": 1,
+        "end_ns": 2001,
+        "attributes": {"gen_ai.request.model": "m"},
+    }
+    await repo.add_runs(
+        [
+            record("a", "1", age_days=0.3, session_id="s1"),
+            record("b", "2", age_days=0.2, status="failed", app_id="other"),
+            record("c", "3", age_days=0.1, session_id="s1", spans=[node]),
+        ]
+    )
+    runs, total = await repo.list_runs(TraceQuery(), limit=2, offset=0)
+    assert total == 3
+    assert [r.trace_id[0] for r in runs] == ["c", "b"]  # newest first
+    runs, _ = await repo.list_runs(TraceQuery(), limit=2, offset=2)
+    assert [r.trace_id[0] for r in runs] == ["a"]
+    assert (await repo.list_runs(TraceQuery(session_id="s1"), limit=9, offset=0))[1] == 2
+    assert (await repo.list_runs(TraceQuery(status="failed"), limit=9, offset=0))[1] == 1
+    assert (await repo.list_runs(TraceQuery(app_id="other"), limit=9, offset=0))[1] == 1
+    since = datetime.now(UTC) - timedelta(days=0.15)
+    assert (await repo.list_runs(TraceQuery(since=since), limit=9, offset=0))[1] == 1
+    assert (await repo.list_runs(TraceQuery(until=since), limit=9, offset=0))[1] == 2
+    root, child = await repo.get_trace("c" * 32)
+    assert root.span_type == "flow"
+    assert child.parent_span_id == root.span_id
+    assert child.span_type == "llm"
+    assert child.duration_us == 2
+    assert child.attributes == {"gen_ai.request.model": "m"}
+
+
+def pipeline(repo: TraceRepository | None, **kw: Any) -> SpanPipeline:
+    return SpanPipeline(
+        repository=repo,
+        processors=[],
+        resource=Resource.create({}),
+        scope=InstrumentationScope("test"),
+        **{"retention_days": 7.0, **kw},
+    )
+
+
+async def test_retention_prunes_old_spans(repo: TraceRepository) -> None:
+    await repo.add_runs(
+        [record("a", "1", age_days=10), record("a", "2", age_days=8), record("b", "3", age_days=1)]
+    )
+    assert await pipeline(repo, retention_days=0).prune() == 0
+    assert await pipeline(repo, retention_days=7).prune() == 2
+    assert await repo.get_trace("a" * 32) == []
+    assert len(await repo.get_trace("b" * 32)) == 1
+
+
+async def test_the_writer_prunes_at_start(repo: TraceRepository) -> None:
+    await repo.add_runs([record("a", "1", age_days=3), record("b", "2", age_days=0)])
+    writer = pipeline(repo, retention_days=1, prune_interval=3600)
+    writer.start()
+    try:
+        with anyio.fail_after(10):
+            while await repo.get_trace("a" * 32):
+                await anyio.sleep(0.02)
+    finally:
+        await writer.aclose()
+    assert len(await repo.get_trace("b" * 32)) == 1
+
+
+async def test_a_full_queue_drops_the_oldest_spans_and_says_so(
+    repo: TraceRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    small = pipeline(repo, max_pending=3)
+    for i in range(4):
+        small.emit(SpanData(i + 1, i + 1, f"s{i}", 0, {"flowhost.span_type": "flow"}), [])
+    with caplog.at_level(logging.WARNING, "flowhost.tracing"):
+        await small.flush()
+    assert "1 runs' spans dropped" in caplog.text
+    assert await repo.get_trace(format(1, "032x")) == []  # the oldest went
+    assert len(await repo.get_trace(format(4, "032x"))) == 1
+
+
+def _diff(conn: Connection, service: str) -> list[Any]:
+    metadata = MetaData()
+    table = trace_table(service_names(service), metadata)
+
+    def include(name: str | None, type_: str, _parent: object) -> bool:
+        return type_ != "table" or name == table.name
+
+    context = MigrationContext.configure(conn, opts={"include_name": include, "compare_type": True})
+    return list(compare_metadata(context, metadata))
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "sqlite",
+        pytest.param("FLOWHOST_TEST_MYSQL_URL", marks=pytest.mark.mysql),
+        pytest.param("FLOWHOST_TEST_POSTGRES_URL", marks=pytest.mark.postgres),
+    ],
+)
+async def test_the_migration_matches_the_table(
+    backend: str, tmp_path: Path, db_service_url: Any
+) -> None:
+    url = None if backend == "sqlite" else db_service_url(backend)
+    service = f"trace_{datetime.now(UTC).strftime('%H%M%S%f')}"
+    store = await Store.open(url, data_dir=tmp_path, service=service)
+    try:
+        async with store.engine.connect() as conn:
+            assert await conn.run_sync(_diff, store.service) == []
+        repo = TraceRepository.for_store(store)
+        try:
+            await repo.add_runs([record("d", "1", age_days=0, attributes={"k": "中文", "n": 1})])
+            (got,) = await repo.get_trace("d" * 32)
+        finally:
+            await repo.close()
+        assert got.attributes == {"k": "中文", "n": 1}
+        assert got.start_time.tzinfo is not None
+    finally:
+        await _drop_service(store)
+        await store.close()
+
+
+async def _drop_service(store: Store) -> None:
+    """Drop every table of the store's service (the chat tables, spans, Alembic's version)."""
+    names = service_names(store.service)
+    metadata = MetaData()
+    tables_for(names, metadata)
+    trace_table(names, metadata)
+    Table(names.version_table, metadata, Column("version_num", String(32), primary_key=True))
+    async with store.engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
