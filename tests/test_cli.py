@@ -195,3 +195,17 @@ def test_validate_a_flow_whose_connection_reads_the_environment(
     code, out, err = invoke("validate", str(flow))
     assert code == 0, err
     assert out.startswith("ok  echo")
+
+
+def test_run_a_retrieval_flow_builds_its_bases_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the knowledge store lives in ./.flowhost
+    result = CliRunner().invoke(
+        main,
+        ["run", str(EXAMPLES / "rag"), "-i", "question=What is a knowledge base identified by?"],
+    )
+    assert result.exit_code == 0, result.output
+    outputs = json.loads(result.output)
+    assert "pipeline_id" in outputs["answer"]
+    assert outputs["references"][0]["doc_name"] == "flowhost_guide_en.md"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -96,6 +98,29 @@ def serve(path: Path | None, **options: Any) -> None:
         raise click.ClickException(exc.message) from None
 
 
+@contextlib.asynccontextmanager
+async def _knowledge_for(apps: Any, settings: Settings) -> AsyncIterator[None]:
+    """For flows with retrieval nodes: the knowledge service on the local store (as serve)."""
+    from flowhost.knowledge import KnowledgeService, needs_knowledge
+
+    if not needs_knowledge(apps):
+        yield
+        return
+    from flowhost.server.app import open_store
+
+    store = await open_store(settings)
+    service = KnowledgeService(settings, store)
+    try:
+        await service.start(worker=True)
+        for app in apps.apps.values():
+            app.services.extra["knowledge"] = service
+        await service.wait_idle()  # the declared bases are indexed before the run
+        yield
+    finally:
+        await service.close()
+        await store.close()
+
+
 @main.command()
 @click.argument("flow", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--input", "-i", "inputs", multiple=True, help="KEY=VALUE (JSON for lists/objects)")
@@ -113,7 +138,12 @@ def run(flow: Path, inputs: tuple[str, ...], events: bool) -> None:
 
     async def go() -> int:
         apps = AppRegistry.load(flow)
-        svc = RunService(apps, Settings(history=False))
+        settings = Settings(history=False, flows=flow)
+        svc = RunService(apps, settings)
+        async with _knowledge_for(apps, settings):
+            return await run_once(apps, svc)
+
+    async def run_once(apps: AppRegistry, svc: RunService) -> int:
         try:
             prepared = await svc.prepare(RunRequest(app_id=None, inputs=given, protocol="cli"))
             async for ev in prepared.events():
