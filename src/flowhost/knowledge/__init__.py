@@ -25,13 +25,13 @@ from flowhost.knowledge import node as _node  # noqa: F401  (registers knowledge
 from flowhost.knowledge.filters import RagOptions, parse_rag_options
 from flowhost.knowledge.records import Chunk, Document, Job, KnowledgeBase
 from flowhost.knowledge.references import doc_references
-from flowhost.knowledge.service import KnowledgeService
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from flowhost.apps import AppRegistry
     from flowhost.config import Settings
+    from flowhost.knowledge.service import KnowledgeService
     from flowhost.store import Store
 
 __all__ = [
@@ -52,6 +52,15 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> object:
+    # KnowledgeService pulls in numpy and the retrieval code: import it when first asked for
+    if name == "KnowledgeService":
+        from flowhost.knowledge.service import KnowledgeService
+
+        return KnowledgeService
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def mount_knowledge(app: FastAPI) -> None:
     """Include the knowledge API router; routes answer 503 until the service is started."""
     from flowhost.wire.knowledge.routes import router
@@ -65,6 +74,8 @@ async def start_knowledge(
     app: FastAPI, settings: Settings, store: Store, apps: AppRegistry | None = None
 ) -> KnowledgeService:
     """Build and start the service; expose it to the routes and to every app's nodes."""
+    from flowhost.knowledge.service import KnowledgeService
+
     service = KnowledgeService(settings, store)
     await service.start()
     app.state.knowledge = service
@@ -115,6 +126,8 @@ def attach_knowledge(app: FastAPI, settings: Settings, store: Store) -> Knowledg
     The caller's lifespan must ``await service.start()`` after the store is open and
     ``await service.close()`` before closing the store.
     """
+    from flowhost.knowledge.service import KnowledgeService
+
     mount_knowledge(app)
     service = KnowledgeService(settings, store)
     app.state.knowledge = service

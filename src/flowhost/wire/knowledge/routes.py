@@ -7,7 +7,7 @@ flowhost exceptions and rendered by the app's handlers.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
@@ -16,7 +16,9 @@ from flowhost.exceptions import InvalidInput, PayloadTooLarge, ServiceUnavailabl
 from flowhost.knowledge.filters import RagOptions
 from flowhost.knowledge.records import BaseKind, Chunk, Document, Job, KnowledgeBase
 from flowhost.knowledge.references import doc_references
-from flowhost.knowledge.service import KnowledgeService
+
+if TYPE_CHECKING:
+    from flowhost.knowledge.service import KnowledgeService
 
 __all__ = ["router"]
 
