@@ -64,6 +64,11 @@ def main() -> None:
 @click.option("--token", help="require this bearer token [env FLOWHOST_TOKEN]")
 @click.option("--default-app", help="app served at / and /run [env FLOWHOST_DEFAULT_APP]")
 @click.option("--workers", type=int, help="worker processes [env FLOWHOST_WORKERS; 1]")
+@click.option(  # scale-out
+    "--graceful-timeout",
+    type=float,
+    help="seconds open streams may take to finish at shutdown [env FLOWHOST_GRACEFUL_TIMEOUT; 30]",
+)
 @click.option("--data-dir", type=click.Path(path_type=Path), help="local data [./.flowhost]")
 @click.option("--database-url", help="sessions database URL [env FLOWHOST_DATABASE_URL; SQLite]")
 @click.option("--service-name", help="table name suffix [the served folder's name]")

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     default_app: str | None = None
     workers: int = Field(1, ge=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    body_timeout: float = Field(30.0, gt=0, description="seconds a request body may take (408)")
     node_timeout: float = Field(600.0, gt=0)
     data_dir: Path = Path(".flowhost")
     database_url: SecretStr | None = None

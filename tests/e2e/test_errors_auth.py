@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-OPEN = ["/health", "/docs", "/openapi.json"]
+OPEN = ["/health", "/health/live", "/health/ready", "/docs", "/openapi.json"]
 
 
 def assert_clean(r: requests.Response, status: int) -> dict[str, Any]:
@@ -50,6 +50,7 @@ def test_every_api_route_needs_the_token(examples_server: Any) -> None:
         ("POST", "/apps/echo"),
         ("POST", "/apps/echo/run"),
         ("GET", "/apps"),
+        ("GET", "/metrics"),
     }
     assert expected <= set(routes)
     for method, path in routes:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flowhost import (
@@ -211,7 +211,8 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
         title="flowhost",
         version=__version__,
         description="LLM application flows served over HTTP. "
-        "Every route but /health and the docs needs `Authorization: Bearer <token>` when a "
+        "Every route but /health, /health/live, /health/ready, the docs and /ui needs "
+        "`Authorization: Bearer <token>` when a "
         "token is configured.",
         lifespan=lifespan,
     )
@@ -249,7 +250,12 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
 
     app.include_router(health_router)  # health: /health/live, /health/ready
     app.add_api_route(  # metrics: Prometheus text format; needs the token like the API
-        "/metrics", metrics_endpoint, methods=["GET"], tags=["health"], summary="Prometheus metrics"
+        "/metrics",
+        metrics_endpoint,
+        methods=["GET"],
+        tags=["health"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
     )
     app.include_router(simple_router)
     app.include_router(complete_router)

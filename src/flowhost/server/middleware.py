@@ -1,19 +1,21 @@
-"""One pure-ASGI middleware for every request: request id, bearer-token auth, body-size limit.
+"""One pure-ASGI middleware for every request: request id, bearer-token auth, body-size limit,
+body-read timeout.
 
 Pure ASGI (not BaseHTTPMiddleware) so contextvars, and with them OpenTelemetry context, propagate.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flowhost.exceptions import PayloadTooLarge, Unauthorized
+from flowhost.exceptions import PayloadTooLarge, RequestError, Unauthorized
 from flowhost.server.errors import render_error
 
-__all__ = ["OPEN_PATHS", "RequestContextMiddleware"]
+__all__ = ["OPEN_PATHS", "RequestContextMiddleware", "RequestTimeout"]
 
 OPEN_PATHS = frozenset(
     {
@@ -29,6 +31,13 @@ OPEN_PATHS = frozenset(
 OPEN_PREFIXES = ("/ui",)
 
 
+class RequestTimeout(RequestError):
+    """The client did not finish sending its body in time (slow-loris); answered 408."""
+
+    status = 408
+    code = "RequestTimeout"
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for k, v in scope["headers"]:
         if k == name:
@@ -37,10 +46,18 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, token: str | None, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        token: str | None,
+        max_body_bytes: int,
+        body_timeout: float | None = None,
+    ) -> None:
         self.app = app
         self.token = token.encode() if token else None
         self.max_body = max_body_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,14 +82,34 @@ class RequestContextMiddleware:
             return
         seen = 0
         limit = self.max_body
+        # The whole body must arrive within body_timeout of the request's start: a client that
+        # trickles it (one byte a second) is answered 408 and its connection closed. Receives
+        # after the body (waiting for http.disconnect) are not bounded.
+        loop_now = asyncio.get_running_loop().time()
+        deadline = None if self.body_timeout is None else loop_now + self.body_timeout
+        body_done = timed_out = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done, timed_out
+            if body_done or deadline is None:
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    timed_out = True
+                    raise RequestTimeout(
+                        f"the request body did not arrive within {self.body_timeout:g} s"
+                    ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise _too_large(limit)
+                if not message.get("more_body", False):
+                    body_done = True
+            else:
+                body_done = True
             return message
 
         async def send_with_id(message: Message) -> None:
@@ -80,6 +117,9 @@ class RequestContextMiddleware:
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == b"x-request-id" for k, _ in headers):
                     headers.append((b"x-request-id", rid.encode("latin-1")))
+                if timed_out:  # the rest of the body may still trickle in: drop the connection
+                    headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
+                    headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
             await send(message)
 

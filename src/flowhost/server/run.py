@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import uvicorn
 
 from flowhost.config import Settings
+from flowhost.metrics import MULTIPROC_ENV  # metrics
 from flowhost.server.app import create_app
 
 __all__ = ["app_from_env", "serve"]
@@ -37,8 +40,16 @@ def serve(settings: Settings) -> None:
             data[key] = secret.get_secret_value() if secret else None
         os.environ[_SETTINGS_ENV] = json.dumps(data)
         create_app(settings)  # validate the flows once in the parent: fail fast
-        uvicorn.run(
-            "flowhost.server.run:app_from_env", factory=True, workers=settings.workers, **common
-        )
+        # metrics: every worker writes its values to one directory, /metrics sums them
+        own_dir = None if os.environ.get(MULTIPROC_ENV) else tempfile.mkdtemp(prefix="flowhost-")
+        if own_dir is not None:
+            os.environ[MULTIPROC_ENV] = own_dir
+        try:
+            uvicorn.run(
+                "flowhost.server.run:app_from_env", factory=True, workers=settings.workers, **common
+            )
+        finally:
+            if own_dir is not None:
+                shutil.rmtree(own_dir, ignore_errors=True)
     else:
         uvicorn.run(create_app(settings), **common)

@@ -1,0 +1,123 @@
+"""Prometheus metrics: a run sink that counts runs, and the ``/metrics`` exposition.
+
+Everything is recorded when a run closes (one counter per outcome, two histogram observations,
+one counter per model and direction); per event the sink does one attribute check, to time the
+first output. The metrics live in prometheus-client's default registry, created once per process.
+
+With ``--workers N`` each worker is a process of its own: ``serve`` points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the workers start (unless it is set
+already), every worker writes its values there, and ``/metrics`` sums them over the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+
+from flowhost.engine.events import OutputDelta, OutputReady, RunEvent, RunFailed, RunFinished
+from flowhost.service import PreparedRun
+
+__all__ = ["MULTIPROC_ENV", "MetricsSink", "metrics_endpoint", "render_metrics"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# seconds; LLM runs take from milliseconds (echo flows) to minutes
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+RUNS = Counter(
+    "flowhost_runs",
+    "Runs by app, protocol and outcome (ok, failed, canceled).",
+    ["app", "protocol", "status"],
+)
+RUN_DURATION = Histogram(
+    "flowhost_run_duration_seconds",
+    "Run latency from the accepted request to the last event, by app and protocol.",
+    ["app", "protocol"],
+    buckets=_BUCKETS,
+)
+FIRST_OUTPUT = Histogram(
+    "flowhost_run_first_output_seconds",
+    "Time from the accepted request to the first output (a streamed delta or a whole output).",
+    ["app", "protocol"],
+    buckets=_BUCKETS,
+)
+TOKENS = Counter(
+    "flowhost_tokens",
+    "LLM tokens by model and direction (input, output).",
+    ["model", "direction"],
+)
+ERRORS = Counter(
+    "flowhost_run_errors",
+    "Failed runs by app and error code (NodeFailed, NodeTimeout, LLMError, ...).",
+    ["app", "code"],
+)
+
+
+class _Observation:
+    __slots__ = ("app", "first", "protocol", "start")
+
+    trace_id = ""  # RunObservation: metrics have no trace
+
+    def __init__(self, app: str, protocol: str) -> None:
+        self.app = app
+        self.protocol = protocol
+        self.start = time.perf_counter()
+        self.first = False
+
+    def on_event(self, event: RunEvent) -> None:
+        if not self.first and isinstance(event, OutputDelta | OutputReady):
+            self.first = True
+            FIRST_OUTPUT.labels(self.app, self.protocol).observe(time.perf_counter() - self.start)
+
+    def close(self, final: RunEvent | None) -> None:
+        try:
+            RUN_DURATION.labels(self.app, self.protocol).observe(time.perf_counter() - self.start)
+            if isinstance(final, RunFinished):
+                status = "ok"
+            elif isinstance(final, RunFailed):
+                status = "failed"
+                ERRORS.labels(self.app, final.error.code).inc()
+            else:
+                status = "canceled"  # the client went away before the run ended
+            RUNS.labels(self.app, self.protocol, status).inc()
+            if isinstance(final, RunFinished | RunFailed):
+                for usage in final.usage:
+                    if usage.input_tokens:
+                        TOKENS.labels(usage.model, "input").inc(usage.input_tokens)
+                    if usage.output_tokens:
+                        TOKENS.labels(usage.model, "output").inc(usage.output_tokens)
+        except Exception:  # noqa: S110 - a sink must never raise into the run
+            pass
+
+
+class MetricsSink:
+    """``RunSink`` recording every run's outcome, latency and tokens."""
+
+    def open(self, prepared: PreparedRun) -> _Observation:
+        return _Observation(prepared.app.app_id, prepared.protocol)
+
+
+def render_metrics() -> bytes:
+    """The text exposition: this process's registry, or every worker's in multiprocess mode."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(render_metrics(), media_type=CONTENT_TYPE_LATEST)
