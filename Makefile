@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 FLOWS ?= examples/flows
 export FLOWHOST_DEFAULT_APP ?= echo
 
-.PHONY: serve test lint format bench install clean
+.PHONY: serve test lint format bench soak install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+soak: $(STAMP)  # 30 minutes at 200 concurrent streams: RSS and open fds must stay flat
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) .flowhost .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from flowhost.service import PreparedRun, RunService
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "MAX_OFFSET",
     "get_service",
     "read_json_object",
     "request_id",
@@ -24,6 +25,7 @@ __all__ = [
 
 T = TypeVar("T")
 MAX_JSON_DEPTH = 64
+MAX_OFFSET = 2**63 - 1  # the largest row offset every SQL backend takes (BIGINT)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 

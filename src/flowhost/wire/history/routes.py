@@ -14,13 +14,13 @@ from flowhost.exceptions import ServiceUnavailable
 from flowhost.history import StoreHistory, translate_store_errors
 from flowhost.store import ANY_USER, Store, UserScope
 from flowhost.wire.history.models import MessageList, MessageOut, SessionList, SessionOut
+from flowhost.wire.http import MAX_OFFSET
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/history", tags=["chat history"])
 
 # Ids and offsets are signed 64-bit in every backend: larger values are a 400, not a driver error.
-MAX_INT64 = 2**63 - 1
 
 
 def _store(request: Request) -> Store:
@@ -40,7 +40,7 @@ async def list_sessions(
     user_id: str | None = Query(None, description="only this user's sessions"),
     app_id: str | None = Query(None, description="only this app's sessions"),
     limit: int = Query(20, ge=1, le=200),
-    offset: int = Query(0, ge=0, le=MAX_INT64),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     chat_user_id: str | None = Header(None),
 ) -> SessionList:
     if chat_user_id is not None:
@@ -75,7 +75,7 @@ async def list_messages(
     request: Request,
     session_id: str,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0, le=MAX_INT64),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     chat_user_id: str | None = Header(None),
 ) -> MessageList:
     store = _store(request)
@@ -104,7 +104,7 @@ async def delete_session(
 async def delete_message(
     request: Request,
     session_id: str,
-    message_id: int = Path(ge=1, le=MAX_INT64, description="the message's id"),
+    message_id: int = Path(ge=1, le=MAX_OFFSET, description="the message's id"),
     chat_user_id: str | None = Header(None),
 ) -> Response:
     async with translate_store_errors():

@@ -16,6 +16,7 @@ from flowhost.exceptions import InvalidInput, PayloadTooLarge, ServiceUnavailabl
 from flowhost.knowledge.filters import RagOptions
 from flowhost.knowledge.records import BaseKind, Chunk, Document, Job, KnowledgeBase
 from flowhost.knowledge.references import doc_references
+from flowhost.wire.http import MAX_OFFSET
 
 if TYPE_CHECKING:
     from flowhost.knowledge.service import KnowledgeService
@@ -185,7 +186,7 @@ async def list_documents(
     pipeline_id: str,
     request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> DocumentList:
     docs = await _svc(request).list_documents(pipeline_id, limit=limit, offset=offset)
     return DocumentList(documents=docs, limit=limit, offset=offset)

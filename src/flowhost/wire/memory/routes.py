@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from flowhost.exceptions import ServiceUnavailable
 from flowhost.memory import MemoryNode, MemoryRecord, MemoryService
+from flowhost.wire.http import MAX_OFFSET
 
 __all__ = ["router"]
 
@@ -91,7 +92,9 @@ async def create_memory(request: Request, body: MemoryIn | None = None) -> Memor
 
 @router.get("", response_model=MemoryList, summary="List memories (ListMemories)")
 async def list_memories(
-    request: Request, limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0)
+    request: Request,
+    limit: int = Query(20, ge=1, le=200),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> MemoryList:
     items, total = await _svc(request).list_memories(limit=limit, offset=offset)
     return MemoryList(memories=[_mem(m) for m in items], total=total, limit=limit, offset=offset)
@@ -124,7 +127,7 @@ async def list_nodes(
     request: Request,
     memory_id: str,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> NodeList:
     items, total = await _svc(request).list_nodes(memory_id, limit=limit, offset=offset)
     return NodeList(memory_nodes=[_node(n) for n in items], total=total, limit=limit, offset=offset)

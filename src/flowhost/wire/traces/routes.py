@@ -16,6 +16,7 @@ from flowhost.exceptions import InvalidInput, NotFound, ServiceUnavailable
 from flowhost.store.errors import StoreError
 from flowhost.store.traces import SpanRecord, TraceQuery, TraceRepository
 from flowhost.tracing.setup import Tracing
+from flowhost.wire.http import MAX_OFFSET
 from flowhost.wire.traces.models import SpanOut, TraceList, TraceOut, span_out, summary_of
 
 __all__ = ["router"]
@@ -55,7 +56,7 @@ async def list_traces(
     ] = None,
     until: Annotated[datetime | None, Query(description="runs started before (ISO 8601)")] = None,
     limit: int = Query(20, ge=1, le=200),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> TraceList:
     repo = await _repository(request)
     query = TraceQuery(

@@ -1,0 +1,169 @@
+"""Slow clients: a body that trickles in is answered 408 and its connection closed.
+
+``body_timeout`` (``FLOWHOST_BODY_TIMEOUT``, default 30 s) bounds the time from the request's
+headers to the end of its body; the server here uses 2 s. The response is in the protocol's
+error shape and carries ``Connection: close``, so uvicorn drops the connection.
+
+Slow *headers* are a different matter: the ASGI app only sees a request once its headers are
+complete, and uvicorn (0.54, httptools) arms no timer on a new connection and cancels its
+keep-alive timer on every byte it receives, so a client that trickles (or never finishes) its
+request line and headers holds its connection for as long as it likes. flowhost still serves
+everyone else (the event loop is not blocked), but the connection count is unbounded: put a
+reverse proxy with a header timeout (nginx ``client_header_timeout``) in front of flowhost on
+untrusted networks. ``test_slow_headers_hold_a_connection_but_block_nobody`` pins this down.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ECHO = Path(__file__).resolve().parents[2] / "examples" / "flows" / "echo"
+BODY_TIMEOUT = 2.0
+ROUTES = {
+    "simple": "/apps/echo",
+    "complete": "/apps/echo/run",
+    "openai": "/v1/chat/completions",
+    "bailian": "/api/v1/apps/echo/completion",
+}
+
+
+@pytest.fixture(scope="module")
+def slow_server(module_server_factory: Callable[..., Any]) -> Any:
+    env = {"FLOWHOST_BODY_TIMEOUT": str(BODY_TIMEOUT)}
+    return module_server_factory(ECHO, token="secret", env=env)
+
+
+def _connect(server: Any) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+
+def _head(server: Any, path: str, framing: str) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Authorization: Bearer secret\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+    ).encode()
+
+
+def _trickle(sock: socket.socket, piece: bytes, seconds: float) -> tuple[bytes, float]:
+    """Send ``piece`` every 0.25 s until the server answers (or ``seconds`` pass); then read
+    to EOF. Returns everything read and the monotonic time of the EOF."""
+    data = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(piece)
+        except OSError:  # the server closed the connection under us
+            break
+        readable, _, _ = select.select([sock], [], [], 0.25)
+        if readable:
+            break
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([sock], [], [], deadline - time.monotonic())
+        if not readable:
+            continue
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            return data, time.monotonic()
+        data += chunk
+    raise AssertionError(f"the server did not close the connection: {data!r}")
+
+
+def _response(data: bytes) -> tuple[int, dict[str, str], Any]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    if headers.get("transfer-encoding") == "chunked":  # one chunk is enough for an error body
+        body = body.split(b"\r\n", 2)[1]
+    return status, headers, json.loads(body)
+
+
+def _check_shape(protocol: str, headers: dict[str, str], body: Any) -> None:
+    assert headers["x-request-id"]
+    if protocol == "openai":
+        assert body["error"]["code"] == "RequestTimeout", body
+        assert "did not arrive" in body["error"]["message"]
+    elif protocol == "bailian":
+        assert body["code"] == "RequestTimeout", body
+        assert body["request_id"] == headers["x-request-id"]
+    else:
+        assert headers["content-type"] == "application/problem+json"
+        assert body["status"] == 408
+        assert body["code"] == "RequestTimeout"
+        assert "did not arrive" in body["detail"]
+
+
+@pytest.mark.parametrize("protocol", list(ROUTES))
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_trickling_body_times_out(slow_server: Any, protocol: str, framing: str) -> None:
+    path = ROUTES[protocol]
+    if framing == "chunked":
+        head, piece = _head(slow_server, path, "Transfer-Encoding: chunked"), b"1\r\n \r\n"
+    else:
+        head, piece = _head(slow_server, path, "Content-Length: 1000"), b" "
+    with _connect(slow_server) as sock:
+        sock.sendall(head)
+        started = time.monotonic()
+        data, closed = _trickle(sock, piece, seconds=BODY_TIMEOUT + 8)
+    status, headers, body = _response(data)
+    assert status == 408, data
+    assert headers["connection"] == "close"
+    _check_shape(protocol, headers, body)
+    assert BODY_TIMEOUT - 0.1 < closed - started < BODY_TIMEOUT + 2
+
+
+def test_a_stalled_body_times_out(slow_server: Any) -> None:
+    with _connect(slow_server) as sock:
+        sock.sendall(_head(slow_server, "/apps/echo", "Content-Length: 100") + b'{"quest')
+        started = time.monotonic()
+        data, closed = _trickle(sock, b"", seconds=BODY_TIMEOUT + 8)
+    assert _response(data)[0] == 408
+    assert closed - started < BODY_TIMEOUT + 2
+
+
+def test_fast_clients_are_not_affected(slow_server: Any) -> None:
+    """The timeout bounds the body only: a run may take longer (the echo app is fast, so a
+    keep-alive connection reused past the timeout checks that the deadline is per request)."""
+    with httpx.Client(base_url=slow_server.url, headers=slow_server.headers) as client:
+        for _ in range(2):
+            r = client.post("/apps/echo", json={"question": "hi"})
+            assert r.status_code == 200, r.text
+        with client.stream(
+            "POST", "/apps/echo", json={"question": "hi"}, headers={"Accept": "text/event-stream"}
+        ) as r:
+            assert r.status_code == 200
+            assert "hi" in r.read().decode()
+
+
+def test_slow_headers_hold_a_connection_but_block_nobody(slow_server: Any) -> None:
+    """uvicorn has no header timeout (see the module docstring): 50 clients trickling their
+    headers for longer than body_timeout keep their connections, and others are still served."""
+    socks = [_connect(slow_server) for _ in range(50)]
+    try:
+        for s in socks:
+            s.sendall(b"POST /apps/echo HTTP/1.1\r\nHost: x\r\n")
+        deadline = time.monotonic() + BODY_TIMEOUT + 1
+        with httpx.Client(base_url=slow_server.url, headers=slow_server.headers) as client:
+            while time.monotonic() < deadline:
+                for s in socks:
+                    s.sendall(b"X")  # a header name, one byte at a time
+                r = client.post("/apps/echo", json={"question": "hi"}, timeout=2)
+                assert r.status_code == 200
+                time.sleep(0.2)
+        readable, _, _ = select.select(socks, [], [], 0)
+        assert readable == [], "uvicorn closed a slow-header connection: update the docs"
+    finally:
+        for s in socks:
+            s.close()
