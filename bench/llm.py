@@ -64,7 +64,7 @@ def run(cfg: Config) -> Section:
         f"{cfg.llm_connections} connections, {fmt_s(cfg.llm_warmup)} warm-up then "
         f"{fmt_s(cfg.llm_duration)}, {cfg.loadgen.tool}. Fake LLM: "
         f"`python -m flowhost.testing.fake_llm --delay {DELAY_S:g}` (separate process). flowhost: "
-        "`serve examples/flows --default-app chat --no-history`, non-streaming `POST /` "
+        "`serve examples/flows/chat --no-history`, non-streaming `POST /` "
         '`{"question": "hi"}`. Direct baseline: the same load on the fake\'s '
         "`/v1/chat/completions` with the body flowhost sends (streamed, with usage). Latencies "
         "in ms.",

@@ -47,7 +47,7 @@ def _measure(cfg: Config, srv: ServerProc, conns: int) -> tuple[LoadResult, floa
 def run(cfg: Config) -> Section:
     sec = Section(
         "simple: `POST /` echo app vs bare Starlette",
-        "`flowhost serve examples/flows --default-app echo --no-history` against "
+        "`flowhost serve examples/flows/echo --no-history` against "
         "`bench/baseline_app.py` (Starlette + uvicorn, uvloop + httptools, access log off, one "
         f"process). Without `--quick`, a third server, flowhost with "
         "`FLOWHOST_ENABLE_TRACING=false`, shows what run tracing costs (no target). "
