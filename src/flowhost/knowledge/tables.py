@@ -9,7 +9,6 @@ the same tables; tests check that the two agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -27,15 +26,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeEngine
 
-from flowhost.store.schema import UTCDateTime
+from flowhost.store.schema import MYSQL_TABLE_ARGS, UTCDateTime
 
 __all__ = ["KBNames", "KBTables", "blob_type", "kb_tables"]
-
-_MYSQL: dict[str, Any] = {
-    "mysql_engine": "InnoDB",
-    "mysql_charset": "utf8mb4",
-    "mysql_collate": "utf8mb4_bin",
-}
 
 
 def blob_type() -> TypeEngine[bytes]:
@@ -118,7 +111,7 @@ def kb_tables(service: str, metadata: MetaData | None = None) -> KBTables:
         Column("created_at", UTCDateTime(), nullable=False),
         Column("updated_at", UTCDateTime(), nullable=False),
         PrimaryKeyConstraint("pipeline_id"),
-        **_MYSQL,
+        **MYSQL_TABLE_ARGS,
     )
     doc = Table(
         names.doc,
@@ -139,7 +132,7 @@ def kb_tables(service: str, metadata: MetaData | None = None) -> KBTables:
         PrimaryKeyConstraint("file_id"),
         UniqueConstraint("pipeline_id", "sha256", name=names.doc_hash_unique),
         Index(names.doc_pipeline_index, "pipeline_id", "created_at"),
-        **_MYSQL,
+        **MYSQL_TABLE_ARGS,
     )
     blob = Table(
         names.blob,
@@ -147,7 +140,7 @@ def kb_tables(service: str, metadata: MetaData | None = None) -> KBTables:
         Column("file_id", String(64), nullable=False),
         Column("content", blob_type(), nullable=False),
         PrimaryKeyConstraint("file_id"),
-        **_MYSQL,
+        **MYSQL_TABLE_ARGS,
     )
     job = Table(
         names.job,
@@ -167,6 +160,6 @@ def kb_tables(service: str, metadata: MetaData | None = None) -> KBTables:
         PrimaryKeyConstraint("job_id"),
         Index(names.job_status_index, "status", "created_at"),
         Index(names.job_file_index, "file_id"),
-        **_MYSQL,
+        **MYSQL_TABLE_ARGS,
     )
     return KBTables(names, base, doc, blob, job)

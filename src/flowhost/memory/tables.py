@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -18,15 +17,9 @@ from sqlalchemy import (
     Text,
 )
 
-from flowhost.store.schema import UTCDateTime
+from flowhost.store.schema import MYSQL_TABLE_ARGS, UTCDateTime
 
 __all__ = ["MemoryTables", "memory_tables"]
-
-_MYSQL: dict[str, Any] = {
-    "mysql_engine": "InnoDB",
-    "mysql_charset": "utf8mb4",
-    "mysql_collate": "utf8mb4_bin",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +40,7 @@ def memory_tables(service: str, metadata: MetaData) -> MemoryTables:
         Column("created_at", UTCDateTime(), nullable=False),
         Column("updated_at", UTCDateTime(), nullable=False),
         PrimaryKeyConstraint("memory_id"),
-        **_MYSQL,
+        **MYSQL_TABLE_ARGS,
     )
     node = Table(
         node_name,
@@ -70,6 +63,6 @@ def memory_tables(service: str, metadata: MetaData) -> MemoryTables:
             ondelete="CASCADE",
         ),
         Index(f"ix_fh_memn_{service}_mem", "memory_id", "updated_at"),
-        **_MYSQL,
+        **MYSQL_TABLE_ARGS,
     )
     return MemoryTables(memory, node)

@@ -30,9 +30,9 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from flowhost.store.names import ServiceNames
 
-__all__ = ["Tables", "UTCDateTime", "tables_for"]
+__all__ = ["MYSQL_TABLE_ARGS", "Tables", "UTCDateTime", "tables_for"]
 
-_MYSQL_TABLE_ARGS: dict[str, Any] = {
+MYSQL_TABLE_ARGS: dict[str, Any] = {  # utf8mb4 with binary collation: ids case-sensitive
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
     "mysql_collate": "utf8mb4_bin",
@@ -102,7 +102,7 @@ def tables_for(names: ServiceNames, metadata: MetaData) -> Tables:
         PrimaryKeyConstraint("session_id"),
         Index(names.session_user_index, "user_id", "updated_at"),
         Index(names.session_app_index, "app_id", "updated_at"),
-        **_MYSQL_TABLE_ARGS,
+        **MYSQL_TABLE_ARGS,
     )
     history = Table(
         names.history_table,
@@ -132,6 +132,6 @@ def tables_for(names: ServiceNames, metadata: MetaData) -> Tables:
         ),
         Index(names.history_session_index, "session_id", "id"),
         sqlite_autoincrement=True,
-        **_MYSQL_TABLE_ARGS,
+        **MYSQL_TABLE_ARGS,
     )
     return Tables(names, session, history)

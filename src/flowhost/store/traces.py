@@ -35,7 +35,7 @@ from sqlalchemy import (
 from flowhost.store.engine import translate_errors
 from flowhost.store.names import ServiceNames, service_names
 from flowhost.store.runner import Runner
-from flowhost.store.schema import UTCDateTime
+from flowhost.store.schema import MYSQL_TABLE_ARGS, UTCDateTime
 
 if TYPE_CHECKING:
     from flowhost.store.store import Store
@@ -49,11 +49,6 @@ __all__ = [
     "trace_table",
 ]
 
-_MYSQL_TABLE_ARGS: Final[dict[str, Any]] = {
-    "mysql_engine": "InnoDB",
-    "mysql_charset": "utf8mb4",
-    "mysql_collate": "utf8mb4_bin",
-}
 NAME_MAX: Final = 255
 
 
@@ -113,7 +108,7 @@ def trace_table(names: ServiceNames | TraceNames, metadata: MetaData) -> Table:
         Index(n.app_index, "app_id", "start_time"),
         Index(n.session_index, "session_id", "start_time"),
         Index(n.run_index, "run_id"),
-        **_MYSQL_TABLE_ARGS,
+        **MYSQL_TABLE_ARGS,
     )
 
 
