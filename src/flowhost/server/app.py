@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from flowhost import (
     __version__,
@@ -39,6 +40,7 @@ from flowhost.memory import MemoryService
 from flowhost.metrics import MetricsSink, metrics_endpoint  # metrics
 from flowhost.server.errors import render_error
 from flowhost.server.health import router as health_router  # health
+from flowhost.server.hot import FlowhostAPI
 from flowhost.server.middleware import RequestContextMiddleware
 from flowhost.service import RunService, RunSink
 from flowhost.store import Store, StoreError
@@ -207,7 +209,7 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
             await store.close()
             await llm.aclose()
 
-    app = FastAPI(
+    app = FlowhostAPI(
         title="flowhost",
         version=__version__,
         description="LLM application flows served over HTTP. "
@@ -265,13 +267,24 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
     app.include_router(memory_router)
     mount_knowledge(app)
     app.include_router(traces_router)  # tracing
+    web.mount(app)  # console at /ui
+    token, max_body, body_timeout = (
+        settings.token_value,
+        settings.max_body_bytes,
+        settings.body_timeout,  # hardening
+    )
+
+    def wrap(inner: ASGIApp) -> ASGIApp:  # the run routes' own way in (server/hot.py)
+        if tracing is not None:
+            inner = TraceContextMiddleware(inner)
+        return RequestContextMiddleware(
+            inner, token=token, max_body_bytes=max_body, body_timeout=body_timeout
+        )
+
+    app.serve_hot([simple_router, complete_router, openai_router, dashscope_router], wrap)
     if tracing is not None:  # tracing: continue an incoming W3C traceparent
         app.add_middleware(TraceContextMiddleware)
-    web.mount(app)  # console at /ui
     app.add_middleware(
-        RequestContextMiddleware,
-        token=settings.token_value,
-        max_body_bytes=settings.max_body_bytes,
-        body_timeout=settings.body_timeout,  # hardening
+        RequestContextMiddleware, token=token, max_body_bytes=max_body, body_timeout=body_timeout
     )
     return app

@@ -10,6 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from flowhost.exceptions import InvalidInput
 from flowhost.knowledge.filters import parse_rag_options
+from flowhost.server.hot import hot
 from flowhost.service import RunRequest
 from flowhost.wire.complete import adapter
 from flowhost.wire.complete.models import RunBody, inline_schema
@@ -102,10 +103,12 @@ async def _complete(request: Request, app_id: str | None) -> Response:
 
 
 @router.post("/run", summary="Run the default app (complete mode)", openapi_extra=_DOC)
+@hot
 async def run_default_complete(request: Request) -> Response:
     return await _complete(request, None)
 
 
 @router.post("/apps/{app_id}/run", summary="Run an app (complete mode)", openapi_extra=_DOC)
+@hot
 async def run_app_complete(request: Request, app_id: str) -> Response:
     return await _complete(request, app_id)

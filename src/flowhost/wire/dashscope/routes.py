@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from flowhost.exceptions import InvalidInput
 from flowhost.server.errors import register_renderer
+from flowhost.server.hot import hot
 from flowhost.service import SESSION_ID_RULE, RunRequest, new_session_id
 from flowhost.wire.chat import openapi_schema, split_messages
 from flowhost.wire.dashscope import adapter
@@ -117,6 +118,7 @@ _SSE_ITEM = {
         },
     },
 )
+@hot
 async def completion(request: Request) -> Response:
     # app_id is read from the path, not declared, so that FastAPI documents no 422: every
     # validation error is a 400 InvalidParameter.

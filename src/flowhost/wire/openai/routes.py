@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from flowhost.exceptions import InvalidInput, NotFound
 from flowhost.knowledge.filters import parse_rag_options
 from flowhost.server.errors import register_renderer, render_error_info
+from flowhost.server.hot import hot
 from flowhost.service import RunRequest
 from flowhost.wire.chat import openapi_schema, split_messages
 from flowhost.wire.http import (
@@ -111,6 +112,7 @@ async def list_models(request: Request) -> ModelList:
         }
     },
 )
+@hot
 async def chat_completions(request: Request) -> Response:
     svc = get_service(request)
     try:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from flowhost.server.errors import render_error_info
+from flowhost.server.hot import hot
 from flowhost.service import PreparedRun, RunRequest
 from flowhost.wire.http import (
     SSE_HEADERS,
@@ -93,10 +94,12 @@ def _client_history(
 
 
 @router.post("/", summary="Run the default app (simple mode)", openapi_extra=_BODY)
+@hot
 async def run_default_simple(request: Request) -> Response:
     return await _simple(request, None)
 
 
 @router.post("/apps/{app_id}", summary="Run an app (simple mode)", openapi_extra=_BODY)
+@hot
 async def run_app_simple(request: Request, app_id: str) -> Response:
     return await _simple(request, app_id)
