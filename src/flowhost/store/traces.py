@@ -9,6 +9,7 @@ continued (one incoming ``traceparent``) has one row per run. Rows are pruned by
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,7 +32,9 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.dialects import sqlite
 
+from flowhost.jsontext import compact_json
 from flowhost.store.engine import translate_errors
 from flowhost.store.names import ServiceNames, service_names
 from flowhost.store.runner import Runner
@@ -233,6 +236,43 @@ def _row(run: RunRecord) -> dict[str, Any]:
     return row
 
 
+def _sqlite_time(value: datetime) -> str:
+    """As SQLAlchemy's SQLite ``DATETIME`` stores a ``UTCDateTime``: naive UTC text."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the store; use an aware (UTC) datetime")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _sqlite_row(run: RunRecord) -> tuple[Any, ...]:
+    """``_row`` as the values SQLAlchemy would bind on SQLite, in ``_COLUMNS`` order."""
+    return (
+        run.trace_id,
+        run.span_id,
+        run.parent_span_id,
+        run.name[:NAME_MAX],
+        run.status,
+        run.run_id,
+        run.app_id,
+        run.session_id,
+        _sqlite_time(run.start_time),
+        _sqlite_time(run.end_time),
+        run.duration_us,
+        run.input_tokens,
+        run.output_tokens,
+        compact_json(run.attributes),
+        compact_json(run.spans),
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _sqlite_insert(table: Table) -> str:
+    """The table's INSERT, compiled by SQLAlchemy for SQLite (qmark), in ``_COLUMNS`` order."""
+    compiled = insert(table).compile(dialect=sqlite.dialect())
+    if tuple(compiled.positiontup or ()) != _COLUMNS:
+        raise RuntimeError(f"{table.name}: the columns are not in _COLUMNS order")
+    return str(compiled)
+
+
 class TraceRepository:
     """Traces of one service, on a store ``Runner`` (see ``flowhost.store.runner``): each call
     is one transaction. Share it freely."""
@@ -261,11 +301,15 @@ class TraceRepository:
         """Insert a batch of runs in one transaction (one statement, many rows)."""
         if not runs:
             return
-        rows = [_row(r) for r in runs]
-        statement = insert(self._runs)
+        table = self._runs
 
         def op(conn: Connection) -> None:
-            conn.execute(statement, rows)
+            if conn.dialect.name == "sqlite":
+                # the driver's executemany on rows bound here: SQLAlchemy's per-row type
+                # processing cost more than SQLite's insert (measured ~30 vs ~15 µs a run)
+                conn.exec_driver_sql(_sqlite_insert(table), [_sqlite_row(r) for r in runs])
+            else:
+                conn.execute(insert(table), [_row(r) for r in runs])
 
         async with translate_errors("storing traces"):
             await self._db.write(op)

@@ -15,12 +15,12 @@ the secrets the server knows (its bearer token, connection API keys and headers,
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from flowhost.engine.events import ErrorInfo, ModelUsage
+from flowhost.jsontext import compact_json
 from flowhost.wire.sse import dumps
 
 __all__ = [
@@ -133,8 +133,8 @@ def _json_default(o: Any) -> Any:  # as flowhost.wire.sse.dumps: unknown types a
     return str(o)
 
 
-# one encoder: json.dumps builds a new one per call when it is given options
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default).encode
+def _encode(value: Any) -> str:
+    return compact_json(value, _json_default)
 
 
 def _maybe_secret(text: str) -> bool:
