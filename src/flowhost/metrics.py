@@ -64,33 +64,53 @@ ERRORS = Counter(
 )
 
 
+class _Series:
+    """The labelled children of one (app, protocol): ``labels()`` looks them up under a lock,
+    which is a noticeable share of a small run; apps and protocols are few, so keep them."""
+
+    __slots__ = ("canceled", "duration", "failed", "first_output", "ok")
+
+    def __init__(self, app: str, protocol: str) -> None:
+        self.first_output = FIRST_OUTPUT.labels(app, protocol)
+        self.duration = RUN_DURATION.labels(app, protocol)
+        self.ok = RUNS.labels(app, protocol, "ok")
+        self.failed = RUNS.labels(app, protocol, "failed")
+        self.canceled = RUNS.labels(app, protocol, "canceled")
+
+
+_series: dict[tuple[str, str], _Series] = {}
+
+
 class _Observation:
-    __slots__ = ("app", "first", "protocol", "start")
+    __slots__ = ("app", "first", "series", "start")
 
     trace_id = ""  # RunObservation: metrics have no trace
 
     def __init__(self, app: str, protocol: str) -> None:
         self.app = app
-        self.protocol = protocol
+        series = _series.get((app, protocol))
+        if series is None:
+            series = _series[app, protocol] = _Series(app, protocol)
+        self.series = series
         self.start = time.perf_counter()
         self.first = False
 
     def on_event(self, event: RunEvent) -> None:
         if not self.first and isinstance(event, OutputDelta | OutputReady):
             self.first = True
-            FIRST_OUTPUT.labels(self.app, self.protocol).observe(time.perf_counter() - self.start)
+            self.series.first_output.observe(time.perf_counter() - self.start)
 
     def close(self, final: RunEvent | None) -> None:
         try:
-            RUN_DURATION.labels(self.app, self.protocol).observe(time.perf_counter() - self.start)
+            series = self.series
+            series.duration.observe(time.perf_counter() - self.start)
             if isinstance(final, RunFinished):
-                status = "ok"
+                series.ok.inc()
             elif isinstance(final, RunFailed):
-                status = "failed"
+                series.failed.inc()
                 ERRORS.labels(self.app, final.error.code).inc()
             else:
-                status = "canceled"  # the client went away before the run ended
-            RUNS.labels(self.app, self.protocol, status).inc()
+                series.canceled.inc()  # the client went away before the run ended
             if isinstance(final, RunFinished | RunFailed):
                 for usage in final.usage:
                     if usage.input_tokens:

@@ -95,23 +95,27 @@ async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -
 
     Starlette only cancels streaming bodies on disconnect; a plain request handler keeps running.
     The body has been read already, so the next ``receive`` is the disconnect (or never comes).
+    ``work`` runs in the caller's task; one watcher task cancels that task on a disconnect.
     """
-    task = asyncio.ensure_future(work())
+    task = asyncio.current_task()
+    assert task is not None
+    left = False
 
     async def watch() -> None:
+        nonlocal left
         while True:
             msg = await request.receive()
             if msg["type"] == "http.disconnect":
+                left = True
                 task.cancel()
                 return
 
     watcher = asyncio.ensure_future(watch())
     try:
-        return await task
+        return await work()
     except asyncio.CancelledError:
-        if watcher.done():  # the client left: not our own cancellation
+        if left and task.uncancel() == 0:  # the client left: not a cancellation from above
             raise RunCanceled("the client disconnected") from None
-        task.cancel()
         raise
     finally:
         watcher.cancel()
