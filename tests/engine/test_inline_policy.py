@@ -64,21 +64,36 @@ async def test_a_blocking_function_stays_in_the_thread_pool() -> None:
     assert not node.policy.enabled
 
 
-async def test_an_inline_function_that_blocks_goes_back_to_the_thread_pool(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def test_an_inline_function_that_blocks_goes_back_to_the_thread_pool() -> None:
     fn, loop_thread = Recorder(), threading.get_ident()
     node, rt = _node(fn), _runtime()
     for i in range(TRIALS):
         await node.run({"x": i}, rt)
     assert node.policy.inline
-    fn.block = InlinePolicy.BLOCKING_S * 1.5
+    fn.block = InlinePolicy.SLOW_S * 2
     await node.run({"x": 0}, rt)  # blocks the loop once ...
     assert fn.threads[-1] == loop_thread
-    await node.run({"x": 0}, rt)  # ... and never again
-    assert fn.threads[-1] != loop_thread
+    for _ in range(InlinePolicy.STRIKES):  # ... then its trial runs are slow: strikes
+        await node.run({"x": 0}, rt)
+        assert fn.threads[-1] != loop_thread
     assert not node.policy.enabled
-    assert "runs in the thread pool from now on" in caplog.text
+    fn.block = 0.0
+    for _ in range(TRIALS + 1):  # quick again, but it has shown it can block
+        await node.run({"x": 0}, rt)
+    assert loop_thread not in fn.threads[-TRIALS:]
+
+
+async def test_a_preempted_quick_function_comes_back_after_its_trial_runs() -> None:
+    fn, loop_thread = Recorder(), threading.get_ident()
+    node, rt = _node(fn), _runtime()
+    for i in range(TRIALS):
+        await node.run({"x": i}, rt)
+    node.policy.record_inline(InlinePolicy.SLOW_S * 5, "n")  # as if the OS had preempted it
+    assert not node.policy.inline
+    for _ in range(TRIALS + 1):
+        await node.run({"x": 0}, rt)
+    assert fn.threads[-1] == loop_thread
+    assert node.policy.enabled
 
 
 async def test_errors_of_inline_runs_reach_the_engine() -> None:
@@ -118,20 +133,19 @@ def test_cpu_bound_and_waiting_runs_are_slow_preempted_ones_are_not() -> None:
     assert not quick.slower_than(0.002)
 
 
-def test_occasional_slow_runs_are_absorbed_three_in_a_window_are_not() -> None:
+def test_slow_trial_runs_are_strikes_three_in_a_window_keep_it_in_threads() -> None:
     policy = InlinePolicy()
     quick = Measured(lambda x: x, {"x": 1})
     slow = Measured(lambda x: x, {"x": 1})
     slow.cpu = 0.003
-    for _ in range(TRIALS):
-        policy.record(quick, "n")
-    assert policy.inline
-    policy.record(slow, "n")
+    policy.record_trial(slow, "n")
     for _ in range(InlinePolicy.WINDOW):  # a new window forgets the strike
-        policy.record(quick, "n")
-    policy.record(slow, "n")
-    policy.record(slow, "n")
+        policy.record_trial(quick, "n")
+    assert policy.inline
+    policy.record_inline(1.0, "n")
+    policy.record_trial(slow, "n")
+    policy.record_trial(slow, "n")
     assert policy.enabled
-    policy.record(slow, "n")
+    policy.record_trial(slow, "n")
     assert not policy.enabled
     assert not policy.inline

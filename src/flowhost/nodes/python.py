@@ -168,21 +168,21 @@ class InlinePolicy:
 
     A hop to a worker thread and back costs more CPU than a small function itself (measured on
     the ``echo`` app: about a third of a request's CPU). So a function starts in the thread
-    pool, measured; after ``TRIAL_RUNS`` quick runs in a row it runs inline, still measured.
-    Slow runs are strikes: ``STRIKES`` of them within ``WINDOW`` runs (or one inline run that
-    blocked beyond ``BLOCKING_S``) send the function to the thread pool for good, so a function
-    that blocks holds the loop up a few times at most.
+    pool, where each run is measured exactly; after ``TRIAL_RUNS`` quick runs in a row it runs
+    inline. An inline run is timed by the clock only (reading CPU time and context switches
+    costs system calls): one that took longer than ``SLOW_S`` sends the function back to the
+    thread pool, to prove itself again. Slow trial runs are strikes: ``STRIKES`` of them within
+    ``WINDOW`` runs keep it in the thread pool for good. So a function that blocks holds the
+    loop up once; a quick one that was merely preempted comes back after its trial runs.
 
-    A run is slow when it used more than the limit of CPU, or took longer than the limit and
+    A trial run is slow when it used more than ``QUICK_S`` of CPU, or took longer than that and
     gave up the CPU by itself on the way (a voluntary context switch: it waited for I/O, a lock
-    or a sleep). Time lost to preemption on a busy machine does not count; a rare wait for the
-    GIL is absorbed by the strike count.
+    or a sleep); time lost to preemption on a busy machine does not count.
     """
 
     TRIAL_RUNS: Final = 20
-    QUICK_S: Final = 0.0002  # a run in the thread pool up to this is quick
-    SLOW_S: Final = 0.002  # an inline run beyond this is a strike
-    BLOCKING_S: Final = 0.02  # an inline run that blocked beyond this goes back at once
+    QUICK_S: Final = 0.0002  # a trial run up to this is quick
+    SLOW_S: Final = 0.002  # an inline run beyond this goes back to the thread pool
     STRIKES: Final = 3
     WINDOW: Final = 100
 
@@ -193,27 +193,31 @@ class InlinePolicy:
         self.inline = False
         self.runs = self.streak = self.strikes = self.window_start = 0
 
-    def record(self, run: Measured, name: str) -> None:
+    def record_inline(self, wall: float, name: str) -> None:
+        if wall > self.SLOW_S:
+            self.inline = False
+            self.streak = 0
+            log.info(
+                "python node %s: a run took %.1f ms on the event loop; back to the thread pool",
+                name,
+                wall * 1000,
+            )
+
+    def record_trial(self, run: Measured, name: str) -> None:
         if not self.enabled:
             return
         self.runs += 1
         if self.runs - self.window_start >= self.WINDOW:
             self.window_start, self.strikes = self.runs, 0
-        if not run.slower_than(self.SLOW_S if self.inline else self.QUICK_S):
+        if not run.slower_than(self.QUICK_S):
             self.streak += 1
-            self.inline = self.inline or self.streak >= self.TRIAL_RUNS
+            self.inline = self.streak >= self.TRIAL_RUNS
             return
         self.streak = 0
         self.strikes += 1
-        if self.strikes >= self.STRIKES or (self.inline and run.slower_than(self.BLOCKING_S)):
-            if self.inline:
-                log.warning(
-                    "python node %s: runs took up to %.1f ms on the event loop; "
-                    "it runs in the thread pool from now on",
-                    name,
-                    run.wall * 1000,
-                )
-            self.enabled = self.inline = False
+        if self.strikes >= self.STRIKES:
+            self.enabled = False
+            log.info("python node %s: slow or blocking; it runs in the thread pool", name)
 
 
 def _voluntary_switches() -> int:
@@ -224,7 +228,7 @@ def _voluntary_switches() -> int:
 
 
 class Measured:
-    """One call of a function, measured in the thread that made it."""
+    """One call of a function in a worker thread, measured there."""
 
     __slots__ = ("cpu", "error", "result", "voluntary", "wall")
 
@@ -307,10 +311,13 @@ class PythonNode:
             return await self._run_generator(kwargs, rt)
         policy = self.policy
         if policy.inline:
-            run = Measured(self.fn, kwargs)
-        else:
-            run = await asyncio.to_thread(Measured, self.fn, kwargs)
-        policy.record(run, self.node)
+            start = time.perf_counter()
+            try:
+                return self.fn(**kwargs)
+            finally:
+                policy.record_inline(time.perf_counter() - start, self.node)
+        run = await asyncio.to_thread(Measured, self.fn, kwargs)
+        policy.record_trial(run, self.node)
         return run.get()
 
     async def _run_generator(self, kwargs: dict[str, Any], rt: NodeRuntime) -> str:
