@@ -281,6 +281,12 @@ async def execute(
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel the node tasks still running and wait until every one has ended."""
+    running = []
     for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+        if not t.done():
+            t.cancel()
+            running.append(t)
+        elif not t.cancelled():
+            t.exception()  # retrieved: a node task's own failure is never logged as lost
+    if running:  # a finished run has none: no gather (a future and a callback per task)
+        await asyncio.gather(*running, return_exceptions=True)
