@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 from fastapi import Request
 
 from flowhost.exceptions import InvalidInput, RunCanceled
@@ -26,6 +29,7 @@ __all__ = [
 T = TypeVar("T")
 MAX_JSON_DEPTH = 64
 MAX_OFFSET = 2**63 - 1  # the largest row offset every SQL backend takes (BIGINT)
+_LONG_NUMBER = re.compile(rb"\d{19}")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -70,6 +74,18 @@ def _depth_ok(raw: bytes) -> bool:
     return True
 
 
+def _loads(raw: bytes) -> Any:
+    """orjson where it reads the body as json does (several times faster), else json: orjson
+    reads integers beyond 64 bits as floats and refuses lone surrogates and NaN."""
+    if not _LONG_NUMBER.search(raw):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(raw)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300+ digits
+        raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from None
+
+
 async def read_json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object, or InvalidInput (400) saying what is wrong with it."""
     raw = await request.body()
@@ -77,10 +93,7 @@ async def read_json_object(request: Request) -> dict[str, Any]:
         raise InvalidInput("request body is empty; send a JSON object", field="body")
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and not _depth_ok(raw):
         raise InvalidInput(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", field="body")
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300+ digits
-        raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from None
+    data = _loads(raw)
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object", field="body")
     return data
