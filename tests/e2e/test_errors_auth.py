@@ -237,3 +237,4 @@ def test_a_huge_integer_literal_is_a_bad_request(examples_server: Any) -> None:
 def test_wrong_method(fixtures_server: Any) -> None:
     r = requests.get(f"{fixtures_server.url}/apps/typed", headers=fixtures_server.headers)
     assert assert_clean(r, 405)["code"] == "MethodNotAllowed"
+    assert r.headers["allow"] == "POST"  # RFC 9110: a 405 names the methods that are allowed

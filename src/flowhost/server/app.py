@@ -42,6 +42,7 @@ from flowhost.server.errors import render_error
 from flowhost.server.health import router as health_router  # health
 from flowhost.server.hot import FlowhostAPI
 from flowhost.server.middleware import RequestContextMiddleware
+from flowhost.server.openapi import document_errors
 from flowhost.service import RunService, RunSink
 from flowhost.store import Store, StoreError
 from flowhost.tracing import TraceContextMiddleware, build_tracing  # tracing
@@ -93,7 +94,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         err = NotFound(exc.detail) if exc.status_code == 404 else RequestError(str(exc.detail))
         err.status = exc.status_code
         err.code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, err.code)
-        return render_error(request.url.path, err, request_id(request))
+        response = render_error(request.url.path, err, request_id(request))
+        response.headers.update(exc.headers or {})  # 405: Allow
+        return response
 
     app.add_exception_handler(FlowhostError, flowhost_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -282,6 +285,13 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
         )
 
     app.serve_hot([simple_router, complete_router, openai_router, dashscope_router], wrap)
+
+    def openapi() -> dict[str, Any]:  # 400/401/404/408/413 as flowhost answers them
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     if tracing is not None:  # tracing: continue an incoming W3C traceparent
         app.add_middleware(TraceContextMiddleware)
     app.add_middleware(
