@@ -189,3 +189,14 @@ def test_tracing_can_be_turned_off(
         listed = c.get("/api/v1/traces")
         assert listed.status_code == 503
         assert "disabled" in listed.text
+
+
+def test_deleting_a_session_deletes_its_traces(examples_server: Any, llm: FakeLLM) -> None:
+    with client(examples_server) as c:
+        kept = chat(c, "keep me").headers["Chat-Session-Id"]
+        session = chat(c, "forget me").headers["Chat-Session-Id"]
+        chat(c, "and this", session)
+        assert c.get("/api/v1/traces", params={"session_id": session}).json()["total"] == 2
+        assert c.delete(f"/api/v1/history/sessions/{session}").status_code == 204
+        assert c.get("/api/v1/traces", params={"session_id": session}).json()["total"] == 0
+        assert c.get("/api/v1/traces", params={"session_id": kept}).json()["total"] == 1

@@ -363,6 +363,16 @@ class TraceRepository:
         async with translate_errors("reading a trace"):
             return await self._db.read(op)
 
+    async def delete_session(self, session_id: str) -> int:
+        """Delete the runs of a chat session (its traces hold the session's text); how many."""
+        statement = delete(self._runs).where(self._runs.c.session_id == session_id)
+
+        def op(conn: Connection) -> int:
+            return int(conn.execute(statement).rowcount or 0)
+
+        async with translate_errors("deleting a session's traces"):
+            return await self._db.write(op)
+
     async def prune(self, before: datetime) -> int:
         """Delete the runs that started before ``before``; return how many."""
         statement = delete(self._runs).where(self._runs.c.start_time < before)

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from flowhost.exceptions import ServiceUnavailable
 from flowhost.history import StoreHistory, translate_store_errors
 from flowhost.store import ANY_USER, Store, UserScope
+from flowhost.store.traces import TraceRepository
 from flowhost.wire.history.models import MessageList, MessageOut, SessionList, SessionOut
 from flowhost.wire.http import MAX_OFFSET
 
@@ -88,13 +89,21 @@ async def list_messages(
 
 
 @router.delete(
-    "/sessions/{session_id}", status_code=204, summary="Delete a session and its messages"
+    "/sessions/{session_id}",
+    status_code=204,
+    summary="Delete a session, its messages and its runs' traces",
 )
 async def delete_session(
     request: Request, session_id: str, chat_user_id: str | None = Header(None)
 ) -> Response:
+    store = _store(request)
     async with translate_store_errors():
-        await _store(request).chats.delete_session(session_id, user_id=_scope(chat_user_id))
+        await store.chats.delete_session(session_id, user_id=_scope(chat_user_id))
+        # its traces too: they hold the session's messages (spans still queued first)
+        tracing = request.app.state.tracing
+        if tracing is not None and tracing.pipeline is not None:
+            await tracing.pipeline.flush()
+        await TraceRepository.for_store(store).delete_session(session_id)
     return Response(status_code=204)
 
 
