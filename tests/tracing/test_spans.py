@@ -118,6 +118,7 @@ async def test_a_failed_node_fails_its_span_and_the_run_span(traced: MakeTraced)
     a = attrs(explode)
     assert a["flowhost.status"] == "failed"
     assert a["error.type"] == "NodeFailed"
+    assert json.loads(a["input.value"]) == {"text": "why"}  # what the failing node was given
     assert run.status.status_code is StatusCode.ERROR
     assert attrs(run)["flowhost.error.node"] == "explode"
     assert attrs(spans["prepare"])["flowhost.status"] == "completed"

@@ -118,6 +118,8 @@ class NodeFailed:
     timestamp: float
     trace: dict[str, Any] = field(default_factory=dict)
     """As ``NodeFinished.trace``: what the node recorded before it failed."""
+    inputs: dict[str, Any] | None = None
+    """The node's resolved inputs; None when resolving them was what failed."""
     kind: Literal["NodeFailed"] = "NodeFailed"
 
 

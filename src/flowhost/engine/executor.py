@@ -177,6 +177,7 @@ class _Run:
                         _since(start),
                         time.time(),
                         rt.trace,
+                        inputs,
                     )
                 )
             )

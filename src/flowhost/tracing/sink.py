@@ -199,6 +199,8 @@ class RunTrace:
 
     def _node_failed(self, ev: NodeFailed) -> None:
         span = self._open_node(ev.node, ev.node_type, ev.timestamp, ev.duration)
+        if self._content and ev.inputs is not None:
+            span.attributes.update(value_attributes("input", ev.inputs, self._redact))
         span.attributes.update(error_attributes(ev.error, self._redact))
         if ev.node_type == "llm" and ev.trace:
             span.attributes.update(
