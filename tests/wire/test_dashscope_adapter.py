@@ -475,3 +475,24 @@ async def test_tokens_are_scrubbed_from_thoughts() -> None:
     assert results["call"] == {"auth": "Bearer [redacted]", "ok": True}
     body, _ = await adapter.collect(Events(*evs).gen(), opts(has_thoughts=True, secrets=secrets))
     assert "tok-" not in json.dumps(body, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+async def test_a_token_streamed_in_pieces_never_shows_in_thoughts(incremental: bool) -> None:
+    token = "sk-live-0123456789"
+    deltas = ["use ", "sk-li", "ve-01234", "56789", " then sk-l", "ater text"]
+    evs = llm_run(*deltas)
+    got = await render(evs, opts(has_thoughts=True, secrets=(token,), incremental=incremental))
+    results = []
+    for frame in got.split("\n\n"):
+        data = next((ln[5:] for ln in frame.split("\n") if ln.startswith("data:")), None)
+        if data is None:
+            continue
+        for t in json.loads(data)["output"].get("thoughts") or []:
+            node = json.loads(t["response"])
+            if node["nodeId"] == "chat":
+                results.append(json.loads(node["nodeResult"])["result"])
+    seen = "".join(results) if incremental else results[-1]
+    assert seen == "use [redacted] then sk-later text"  # a token's beginning alone is let out
+    for piece in ("sk-li", "sk-live-0", "0123456789"):
+        assert all(piece not in r for r in results), piece

@@ -91,6 +91,17 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+def _holdback(text: str, secrets: tuple[str, ...]) -> int:
+    """The length of the longest end of ``text`` that begins a secret (0: none does)."""
+    longest = 0
+    for secret in secrets:
+        for k in range(min(len(secret) - 1, len(text)), longest, -1):
+            if text.endswith(secret[:k]):
+                longest = k
+                break
+    return longest
+
+
 @dataclass(slots=True)
 class _Node:
     node_id: str
@@ -99,7 +110,7 @@ class _Node:
     status: str = "executing"
     exec_ms: int | None = None
     full: str = ""
-    pending: str = ""
+    sent: int = 0  # characters of ``full`` already sent (incremental output)
     streamed: bool = False
     structured: Any = None
 
@@ -115,11 +126,17 @@ class _Node:
         if isinstance(self.structured, dict):
             d["nodeResult"] = dumps(self.structured)
         else:
-            result = self.pending if incremental and self.streamed else self.full
+            visible = self.full
+            if secrets and self.streamed and self.status == "executing":
+                # a secret may be arriving in pieces: hold back what could be its beginning
+                visible = visible[: len(visible) - _holdback(visible, secrets)]
+            if incremental and self.streamed:
+                result, self.sent = visible[self.sent :], len(visible)
+            else:
+                result = visible
             d["nodeResult"] = dumps({"result": result})
         if secrets:
             d["nodeResult"] = _scrub(d["nodeResult"], secrets)
-        self.pending = ""
         return {"response": dumps(d)}
 
 
@@ -150,7 +167,6 @@ class _State:
             n = self.nodes[ev.node]
             n.streamed = True
             n.full += ev.delta
-            n.pending += ev.delta
             return o.has_thoughts
         if isinstance(ev, NodeFinished | NodeFailed):
             n = self.nodes[ev.node]
