@@ -10,6 +10,10 @@ connection per server, alternates the same request between them (``POST /`` with
 that many earlier turns and stores one per request). The added latency is p50(on) - p50(off),
 measured in the same run. Targets: <= +1 ms on SQLite, <= +3 ms on MariaDB.
 
+Wall-clock figures depend on how busy the machine is; the MariaDB round trips per turn do not.
+They are counted in this process on the same statements the server sends (a store of its own,
+the same session pattern): every statement, COMMIT, ROLLBACK and ping is one round trip.
+
 Exit status: 0 when every target is met, 1 when one is missed, 2 when a measurement failed.
 ``run(cfg)`` gives the same as a ``bench`` scenario section.
 """
@@ -25,10 +29,13 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Connection, MetaData, inspect
+from sqlalchemy import Connection, MetaData, event, inspect
 
 from bench.common import Config, cpu_seconds, fmt_ms
 from bench.loadgen import percentile
@@ -149,6 +156,63 @@ async def _drop_service(url: str, service: str) -> None:
         await engine.dispose()
 
 
+async def count_round_trips(url: str, tmp: Path, sessions: int = 5) -> dict[str, float]:
+    """Round trips per chat turn on ``url`` (MariaDB/MySQL), by kind, averaged over the turns.
+
+    The server's history path in this process: ``open_session`` with the history, then
+    ``append_turn``, for sessions of ``TURNS_PER_SESSION`` turns (the first creates it).
+    """
+    from flowhost.store import NewTurn, Store
+
+    service = f"bench_rt_{uuid.uuid4().hex[:8]}"
+    store = await Store.open(url, data_dir=tmp, service=service)
+    counts: Counter[str] = Counter()
+    try:
+        sync = store.engine.sync_engine
+        dialect: Any = sync.dialect
+        for name in ("do_commit", "do_rollback", "do_ping"):
+            call: Callable[..., Any] = getattr(dialect, name)
+
+            def counted(*args: Any, _name: str = name, _call: Callable[..., Any] = call) -> Any:
+                counts[_name.removeprefix("do_").upper()] += 1
+                return _call(*args)
+
+            setattr(dialect, name, counted)
+
+        def statement(conn: Any, cursor: Any, sql: str, *_: Any) -> None:
+            counts[sql.split(None, 1)[0].upper()] += 1
+
+        event.listen(sync, "before_cursor_execute", statement)
+        run_tag = uuid.uuid4().hex
+        for i in range(sessions * TURNS_PER_SESSION):
+            session_id = f"bench:{run_tag}:{i // TURNS_PER_SESSION:06d}"
+            await store.chats.open_session(
+                session_id, app_id="echo", user_id=None, title="q", history_turns=20
+            )
+            question = {"question": f"question {i}"}
+            answer = {"answer": f"echo: question {i}"}
+            await store.chats.append_turn(
+                NewTurn(session_id, uuid.uuid4().hex, "echo", question, answer)
+            )
+    finally:
+        await store.close()
+        await _drop_service(url, service)
+    turns = sessions * TURNS_PER_SESSION
+    return {kind: n / turns for kind, n in sorted(counts.items())}
+
+
+def _round_trip_note(url: str, tmp: Path) -> str:
+    try:
+        per_turn = asyncio.run(count_round_trips(url, tmp))
+    except Exception as exc:
+        return f"MariaDB round trips per turn not counted: {type(exc).__name__}: {exc}"[:500]
+    kinds = ", ".join(f"{kind} {n:.1f}" for kind, n in per_turn.items())
+    return (
+        f"MariaDB round trips per turn (counted in-process, sessions of {TURNS_PER_SESSION} "
+        f"turns): {sum(per_turn.values()):.1f} ({kinds})."
+    )
+
+
 def measure_all(
     pinning: Pinning, samples: int, warmup: int, mysql_url: str | None, *, tracing: bool = False
 ) -> tuple[list[Result], list[str]]:
@@ -201,6 +265,7 @@ def measure_all(
             except Exception as exc:
                 notes.append(f"could not drop the MariaDB tables of service {service}: {exc}")
         results.append(result)
+        notes.append(_round_trip_note(mysql_url, servers.tmp))
     return results, notes
 
 

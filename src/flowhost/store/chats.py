@@ -7,22 +7,27 @@ user, a user of its own). Calls that take ``user_id`` compare it for equality an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
+    CompoundSelect,
     Connection,
+    Select,
     bindparam,
     delete,
     exc,
     func,
     insert,
+    null,
     select,
+    type_coerce,
+    union_all,
     update,
 )
 
-from flowhost.store.engine import translate_errors
+from flowhost.store.engine import retry_on_disconnect, translate_errors
 from flowhost.store.errors import SessionAccessDenied, SessionNotFound, TurnNotFound
 from flowhost.store.records import (
     APP_ID_MAX,
@@ -43,6 +48,7 @@ from flowhost.store.schema import Tables
 
 __all__ = ["ChatRepository", "Message"]
 
+T = TypeVar("T")
 # A stored turn as chat history: (inputs, outputs).
 Message = tuple[dict[str, Any], dict[str, Any] | None]
 
@@ -90,7 +96,12 @@ class ChatRepository:
     """Chat sessions and turns of one service. Built by ``Store``; share it freely.
 
     Every call is one operation of the store's ``Runner`` (see ``flowhost.store.runner``): a
-    synchronous function of one connection, in one transaction.
+    synchronous function of one connection, in one transaction, run once more when its pooled
+    connection turned out to be gone (``retry_on_disconnect``).
+
+    A chat turn costs two operations and, on MySQL/MariaDB, five round trips: ``open_session``
+    reads the session and its history in one SELECT (then ROLLBACK); ``append_turn`` sends
+    UPDATE, INSERT and COMMIT. A new session adds one INSERT and COMMIT.
     """
 
     def __init__(self, runner: Runner, tables: Tables) -> None:
@@ -112,12 +123,44 @@ class ChatRepository:
             .order_by(t.c.id.desc())
             .limit(bindparam("b_limit"))
         )
+        # The session and its last completed turns in one statement: the session's row (no
+        # turn_id; none when there is no such session) and one row per turn, in any order.
+        # Each row carries either the session's columns or a turn's, so each value is decoded
+        # once; typed NULLs give the union's columns their result types. MySQL and PostgreSQL
+        # take the LIMITed member as it is (a derived table costs MariaDB a temporary table,
+        # and an ORDER BY over the union another); SQLite needs it as a subquery.
+        turn = (t.c.id.label("turn_id"), t.c.inputs, t.c.outputs)
+        no_turn = [type_coerce(null(), c.type).label(c.name) for c in turn]
+        no_session = [null().label(c.name) for c in s.c]
+        session_row = select(*s.c, *no_turn).where(s.c.session_id == bindparam("b_session"))
+
+        def last_turns(*columns: Any) -> Select[Any]:
+            return (
+                select(*columns)
+                .where(t.c.session_id == bindparam("b_session"), t.c.status == "completed")
+                .order_by(t.c.id.desc())
+                .limit(bindparam("b_limit"))
+            )
+
+        self._session_with_messages: CompoundSelect[Any] = union_all(
+            session_row, last_turns(*no_session, *turn)
+        )
+        nested = last_turns(*turn).subquery("last_turns")
+        self._session_with_messages_sqlite: CompoundSelect[Any] = union_all(
+            session_row, select(*no_session, *nested.c)
+        )
         self._bump_session = (
             update(s)
             .where(s.c.session_id == bindparam("b_session"))
             .values(turn_count=s.c.turn_count + 1, updated_at=bindparam("b_now"))
         )
         self._insert_turn = insert(t)
+
+    async def _read(self, operation: Callable[[Connection], T]) -> T:
+        return await retry_on_disconnect(self._db.read, operation, write=False)
+
+    async def _write(self, operation: Callable[[Connection], T]) -> T:
+        return await retry_on_disconnect(self._db.write, operation, write=True)
 
     def _find(self, conn: Connection, session_id: str) -> SessionRecord | None:
         row = conn.execute(self._find_session, {"b_session": session_id}).mappings().first()
@@ -129,6 +172,25 @@ class ChatRepository:
         params = {"b_session": session_id, "b_limit": max_turns}
         rows = conn.execute(self._last_messages, params).all()
         return [(row[0], row[1]) for row in reversed(rows)]
+
+    def _find_with_messages(
+        self, conn: Connection, session_id: str, user_id: str | None, max_turns: int
+    ) -> tuple[SessionRecord | None, list[Message]]:
+        """The session and, when ``user_id`` owns it, its last ``max_turns`` completed turns."""
+        params = {"b_session": session_id, "b_limit": max(max_turns, 0)}
+        sqlite = conn.dialect.name == "sqlite"
+        statement = self._session_with_messages_sqlite if sqlite else self._session_with_messages
+        found: SessionRecord | None = None
+        turns: list[tuple[int, Message]] = []
+        for row in conn.execute(statement, params).all():
+            if row.turn_id is None:
+                found = _session(row._mapping)
+            else:
+                turns.append((row.turn_id, (row.inputs, row.outputs)))
+        if found is None or found.user_id != user_id:
+            return found, []  # created by the caller, or refused by _check_access
+        turns.sort(key=lambda turn: turn[0])
+        return found, [message for _, message in turns]
 
     def _owned(self, conn: Connection, session_id: str, user_id: UserScope) -> SessionRecord:
         record = self._find(conn, session_id)
@@ -174,13 +236,10 @@ class ChatRepository:
         check_length("user_id", user_id, USER_ID_MAX)
 
         def read(conn: Connection) -> tuple[SessionRecord | None, list[Message]]:
-            found = self._find(conn, session_id)
-            if found is None or found.user_id != user_id:
-                return found, []  # created below, or refused by _check_access
-            return found, self._messages(conn, session_id, history_turns)
+            return self._find_with_messages(conn, session_id, user_id, history_turns)
 
         async with translate_errors("opening a session"):
-            found, messages = await self._db.read(read)
+            found, messages = await self._read(read)
             if found is None:
                 now = utcnow()
                 created = SessionRecord(
@@ -196,11 +255,11 @@ class ChatRepository:
                     "turn_count": 0,
                 }
                 try:
-                    await self._db.write(lambda conn: conn.execute(self._create_session, row))
+                    await self._write(lambda conn: conn.execute(self._create_session, row))
                     return created, []
                 except exc.IntegrityError:
                     pass  # created by a concurrent caller meanwhile: read theirs
-                found, messages = await self._db.read(read)
+                found, messages = await self._read(read)
                 if found is None:
                     raise SessionNotFound(session_id)
         _check_access(found, user_id)
@@ -209,7 +268,7 @@ class ChatRepository:
     async def get_session(self, session_id: str, *, user_id: UserScope) -> SessionRecord:
         """Raises ``SessionNotFound`` or ``SessionAccessDenied``."""
         async with translate_errors("reading a session"):
-            return await self._db.read(lambda conn: self._owned(conn, session_id, user_id))
+            return await self._read(lambda conn: self._owned(conn, session_id, user_id))
 
     async def history(self, session_id: str, *, max_turns: int) -> list[TurnRecord]:
         """The last ``max_turns`` completed turns of the session, oldest first."""
@@ -217,7 +276,7 @@ class ChatRepository:
             return []
         params = {"b_session": session_id, "b_limit": max_turns}
         async with translate_errors("reading chat history"):
-            rows = await self._db.read(
+            rows = await self._read(
                 lambda conn: conn.execute(self._last_turns, params).mappings().all()
             )
         return [_turn(row) for row in reversed(rows)]
@@ -228,7 +287,7 @@ class ChatRepository:
         What a chat flow's history input needs, without the rest of each turn.
         """
         async with translate_errors("reading chat history"):
-            return await self._db.read(lambda conn: self._messages(conn, session_id, max_turns))
+            return await self._read(lambda conn: self._messages(conn, session_id, max_turns))
 
     async def append_turn(self, turn: NewTurn) -> TurnRecord:
         """Store a turn and bump the session's ``updated_at`` and ``turn_count``, atomically.
@@ -262,7 +321,7 @@ class ChatRepository:
             return int(key[0])
 
         async with translate_errors("appending a turn"):
-            turn_id = await self._db.write(append)
+            turn_id = await self._write(append)
         return _turn({"id": turn_id, **values})
 
     async def list_sessions(
@@ -295,7 +354,7 @@ class ChatRepository:
             return conn.execute(count).scalar_one(), conn.execute(page).mappings().all()
 
         async with translate_errors("listing sessions"):
-            total, rows = await self._db.read(read)
+            total, rows = await self._read(read)
         return [_session(row) for row in rows], int(total)
 
     async def list_turns(
@@ -320,7 +379,7 @@ class ChatRepository:
             return conn.execute(count).scalar_one(), conn.execute(page).mappings().all()
 
         async with translate_errors("listing turns"):
-            total, rows = await self._db.read(read)
+            total, rows = await self._read(read)
         return [_turn(row) for row in rows], int(total)
 
     async def delete_session(self, session_id: str, *, user_id: UserScope) -> None:
@@ -333,7 +392,7 @@ class ChatRepository:
             conn.execute(delete(self._sessions).where(self._sessions.c.session_id == session_id))
 
         async with translate_errors("deleting a session"):
-            await self._db.write(remove)
+            await self._write(remove)
 
     async def delete_turn(self, session_id: str, turn_id: int, *, user_id: UserScope) -> None:
         """Delete one turn.
@@ -352,4 +411,4 @@ class ChatRepository:
             )
 
         async with translate_errors("deleting a turn"):
-            await self._db.write(remove)
+            await self._write(remove)

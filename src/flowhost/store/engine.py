@@ -3,35 +3,52 @@
 Three backends, each through its async driver: ``sqlite+aiosqlite`` (a file, WAL mode),
 ``mysql+asyncmy`` (MySQL or MariaDB) and ``postgresql+asyncpg``. A URL that names the backend
 only (``mysql://``, ``postgresql://``, ``postgres://``, ``sqlite:///``) gets its async driver.
+
+Server connection pools (MySQL, PostgreSQL) spend as few round trips as they safely can:
+
+- No ping on every checkout (``pool_pre_ping`` costs one round trip per transaction on MySQL,
+  three on asyncpg). A connection is pinged at checkout only after it sat idle in the pool for
+  ``IDLE_PING_S``; connections are replaced after ``pool_recycle``. A stale connection that
+  slips through (the server restarted or killed it meanwhile) fails with a disconnect error,
+  which invalidates the pool; ``retry_on_disconnect`` runs the operation once more on a fresh
+  connection, when that cannot apply it twice.
+- No rollback on check-in after a successful commit (SQLAlchemy's reset-on-return sends one
+  after every commit); any other connection is rolled back on check-in, as by default.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
-from sqlalchemy import Connection, event, exc
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import Connection, PoolResetState, event, exc
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
 
+from flowhost.jsontext import compact_json
 from flowhost.store.errors import InvalidStoreURL, StoreError, StoreUnavailable
 
 __all__ = [
+    "IDLE_PING_S",
+    "POOL_RECYCLE_S",
     "SQLITE_BEGIN_OPTION",
     "Dialect",
     "create_store_engine",
     "dialect_of",
     "json_dumps",
     "normalize_url",
+    "retry_on_disconnect",
     "sqlite_on_begin",
     "sqlite_on_connect",
     "sqlite_path",
     "translate_errors",
 ]
 
+T = TypeVar("T")
 Dialect = Literal["sqlite", "mysql", "postgresql"]
 
 _DRIVERS: Final[dict[str, tuple[Dialect, str]]] = {
@@ -51,6 +68,13 @@ _SQLITE_PRAGMAS: Final = (
 # instead of failing when it upgrades a read lock that another connection's write blocks.
 _SQLITE_BEGIN: Final = {"deferred": "BEGIN DEFERRED", "immediate": "BEGIN IMMEDIATE"}
 SQLITE_BEGIN_OPTION: Final = "flowhost_sqlite_begin"
+# A pooled server connection idle for longer than this is pinged before use.
+IDLE_PING_S: Final = 1.0
+# ... and replaced once this old (below MySQL's default wait_timeout of 8 hours, and proxies').
+POOL_RECYCLE_S: Final = 1800
+# Keys of a pooled connection's ``info`` dict.
+_IDLE_SINCE: Final = "flowhost_idle_since"
+_COMMITTED: Final = "flowhost_committed"
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -93,7 +117,7 @@ def sqlite_path(url: URL) -> Path | None:
 
 
 def json_dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return compact_json(value)
 
 
 def sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -119,9 +143,98 @@ def create_store_engine(url: URL) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", sqlite_on_begin)
         return engine
-    return create_async_engine(
-        url, json_serializer=json_dumps, pool_pre_ping=True, pool_recycle=1800
+    engine = create_async_engine(
+        url,
+        json_serializer=json_dumps,
+        pool_recycle=POOL_RECYCLE_S,
+        pool_reset_on_return=None,  # reset_on_checkin below does it
     )
+    sync = engine.sync_engine
+    dialect = sync.dialect
+
+    def ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since < IDLE_PING_S:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as e:
+            # The pool drops this connection and checks out another (a new one if need be).
+            raise exc.DisconnectionError(f"idle pooled connection is gone ({_detail(e)})") from e
+
+    def reset_on_checkin(
+        dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState
+    ) -> None:
+        """Reset-on-return, less the ROLLBACK that follows a successful COMMIT.
+
+        ``Connection.close()`` rolls back an open transaction itself (``transaction_was_reset``)
+        but after ``commit()`` SQLAlchemy resets the connection once more: one needless round
+        trip per write. Anything else (a transaction left open) is rolled back as by default.
+        """
+        committed = record.info.pop(_COMMITTED, False)
+        if state.terminate_only or not state.asyncio_safe:
+            return  # the pool discards the connection
+        if not (state.transaction_was_reset or committed):
+            dialect.do_rollback(dbapi_connection)
+
+    event.listen(sync, "checkin", _mark_idle)
+    event.listen(sync, "checkout", ping_if_idle)
+    event.listen(sync, "reset", reset_on_checkin)
+    event.listen(sync, "begin", _forget_commit)
+    event.listen(sync, "commit", _note_commit)
+    event.listen(sync, "handle_error", _forget_commit_on_error)
+    return engine
+
+
+def _mark_idle(_dbapi_connection: Any, record: ConnectionPoolEntry | None) -> None:
+    if record is not None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _forget_commit(connection: Connection) -> None:
+    connection.info.pop(_COMMITTED, None)
+
+
+def _note_commit(connection: Connection) -> None:
+    # Fired before COMMIT is sent; a COMMIT that fails clears it (_forget_commit_on_error).
+    connection.info[_COMMITTED] = True
+
+
+def _forget_commit_on_error(context: ExceptionContext) -> None:
+    connection = context.connection
+    # (an invalidated connection is discarded, not reset; .info would reconnect it)
+    if connection is not None and not connection.invalidated and not connection.closed:
+        _forget_commit(connection)
+
+
+async def retry_on_disconnect(
+    run: Callable[[Callable[[Connection], T]], Awaitable[T]],
+    operation: Callable[[Connection], T],
+    *,
+    write: bool,
+) -> T:
+    """``await run(operation)``, once more when a pooled connection turned out to be gone.
+
+    ``run`` is a runner's ``read`` or ``write``. A disconnect invalidates the pool, so the
+    second attempt gets a fresh connection. A write is repeated only when the connection was
+    lost before its COMMIT was sent (the server rolled the transaction back); a COMMIT whose
+    outcome is unknown is never sent twice.
+    """
+    committing = False
+
+    def attempt(conn: Connection) -> T:
+        nonlocal committing
+        committing = False
+        result = operation(conn)
+        committing = write
+        return result
+
+    try:
+        return await run(attempt)
+    except exc.DBAPIError as e:
+        if not e.connection_invalidated or committing:
+            raise
+    return await run(attempt)
 
 
 _UNAVAILABLE: Final = (
