@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
 from flowhost.knowledge.filters import StoreFilter, meta_label, tag_label
-from flowhost.knowledge.lancedb_store import IVF_MIN_ROWS, LanceDBStore
-from flowhost.knowledge.vectorstore import ChunkRow
+from flowhost.knowledge.lancedb_store import (
+    ANN_MIN_ROWS,
+    EXACT_ROWS,
+    IVF_MIN_ROWS,
+    MIN_PROBE_FRACTION,
+    LanceDBStore,
+    nprobes_for,
+)
+from flowhost.knowledge.vectorstore import ChunkRow, fuse
 
 pytestmark = pytest.mark.anyio
 N, DIM = IVF_MIN_ROWS + 2000, 64
@@ -92,5 +101,128 @@ async def test_filtered_search_equals_exact_search(shape: str, tmp_path: Any) ->
             ids = {int(h.chunk_id[1:]) for h in got.vector}
             recalls.append(len(ids & set(exact.tolist())) / min(10, len(allowed)))
         assert np.mean(recalls) == 1.0, json.dumps(recalls)
+    finally:
+        await store.close()
+
+
+def test_probes_follow_the_filter() -> None:
+    rows = 100_000
+    assert nprobes_for(316, EXACT_ROWS, rows) is None  # narrow: exact
+    assert nprobes_for(316, 50_000, ANN_MIN_ROWS - 1) is None  # small table: exact
+    assert nprobes_for(316, rows, rows) == math.ceil(316 * MIN_PROBE_FRACTION)
+    # Enough partitions that about EXACT_ROWS admitted rows lie in the probed ones.
+    assert nprobes_for(316, 1000, rows) == math.ceil(316 * EXACT_ROWS / 1000)
+    assert nprobes_for(316, EXACT_ROWS + 1, rows) == 316
+
+
+async def test_wide_filters_probe_part_of_the_index_narrow_ones_stay_exact(tmp_path: Any) -> None:
+    """At ANN_MIN_ROWS+ rows a wide filter probes some partitions (recall >= 0.95 against
+    exact search); a filter admitting at most EXACT_ROWS rows still finds exactly."""
+    n, dim = ANN_MIN_ROWS + 4000, 32
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((64, dim)).astype(np.float32)
+    vecs = centers[rng.integers(0, 64, n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    rows = [
+        ChunkRow(
+            chunk_id=f"c{i}",
+            pipeline_id=f"kb{i % 4}",
+            file_id=f"file_{i // 20}",
+            doc_name="d",
+            title="t",
+            text=f"chunk {i}",
+            position=i,
+            labels=(tag_label(f"r{i % 97}"),),
+            meta={},
+            vector=vecs[i],
+        )
+        for i in range(n)
+    ]
+    shapes: dict[str, tuple[StoreFilter, Callable[[int], bool], float]] = {
+        "wide": (StoreFilter(("kb1", "kb2")), lambda i: i % 4 in (1, 2), 0.95),
+        "narrow": (
+            StoreFilter(("kb0", "kb1", "kb2", "kb3"), None, (tag_label("r5"),)),
+            lambda i: i % 97 == 5,
+            1.0,
+        ),
+        # more rows than EXACT_ROWS, but a file_ids filter: still exact
+        "files": (
+            StoreFilter(("kb0", "kb1", "kb2", "kb3"), tuple(f"file_{k * 31}" for k in range(30))),
+            lambda i: i // 20 in {k * 31 for k in range(30)},
+            1.0,
+        ),
+    }
+    store = LanceDBStore(str(tmp_path / "lance"))
+    await store.open()
+    try:
+        await store.ensure_space("ann", dim)
+        await store.add("ann", rows)
+        await store.maintain("ann")
+        for name, (flt, pred, floor) in shapes.items():
+            allowed = np.array([i for i in range(n) if pred(i)])
+            recalls = []
+            for _ in range(10):
+                q = vecs[rng.integers(n)] + 0.2 * rng.standard_normal(dim).astype(np.float32)
+                q /= np.linalg.norm(q)
+                exact = allowed[np.argsort(-(vecs[allowed] @ q))[:10]]
+                got = await store.search("ann", q.tolist(), "", flt, 10)
+                ids = {int(h.chunk_id[1:]) for h in got.vector}
+                recalls.append(len(ids & set(exact.tolist())) / 10)
+            assert np.mean(recalls) >= floor, (name, json.dumps(recalls))
+    finally:
+        await store.close()
+
+
+async def test_reading_only_the_fused_head_gives_the_same_answer(tmp_path: Any) -> None:
+    """search(..., keep=k) reads only the rows that can make fuse's top k: same hits, order,
+    scores and ranks as fusing the full legs."""
+    rng = np.random.default_rng(11)
+    vecs, rows = corpus(rng)
+    store = LanceDBStore(str(tmp_path / "lance"))
+    await store.open()
+    try:
+        await store.ensure_space("keep", DIM)
+        await store.add("keep", rows)
+        await store.maintain("keep")
+        flt = StoreFilter(("kb0", "kb1", "kb2", "kb3"))
+        for i in range(8):
+            q = vecs[rng.integers(N)]
+            text = f"topic {i} chunk {i * 7}"
+            full = await store.search("keep", q.tolist(), text, flt, 20)
+            assert full.vector
+            assert full.text
+            for keep in (1, 5, 10):
+                part = await store.search("keep", q.tolist(), text, flt, 20, keep)
+                want = [(h.chunk_id, round(h.score, 5)) for h in fuse(full, keep)]
+                got = [(h.chunk_id, round(h.score, 5)) for h in fuse(part, keep)]
+                assert got == want
+                assert len(part.vector) + len(part.text) < len(full.vector) + len(full.text)
+    finally:
+        await store.close()
+
+
+async def test_maintain_compacts_the_writes_and_indexes_them(tmp_path: Any) -> None:
+    rng = np.random.default_rng(5)
+    vecs, rows = corpus(rng)
+    store = LanceDBStore(str(tmp_path / "lance"))
+    await store.open()
+    try:
+        await store.ensure_space("frag", DIM)
+        for start in range(0, 3000, 1000):
+            await store.add("frag", rows[start : start + 1000])
+        table = await store._table("frag")
+        assert (await table.stats())["fragment_stats"]["num_fragments"] == 3
+        await store.maintain("frag")
+        assert (await table.stats())["fragment_stats"]["num_fragments"] == 1
+        names = {i.name for i in await table.list_indices()}
+        assert {"pipeline_id_idx", "file_id_idx", "labels_idx", "text_idx"} <= names
+        await store.add("frag", rows[3000:])  # later writes join the indexes on the next run
+        await store.maintain("frag")
+        assert "vector_idx" in {i.name for i in await table.list_indices()}
+        got = await store.search(
+            "frag", vecs[4000].tolist(), "chunk 4000", StoreFilter(("kb0",)), 5
+        )
+        assert got.vector[0].chunk_id == "c4000"
+        assert got.text[0].chunk_id == "c4000"
     finally:
         await store.close()

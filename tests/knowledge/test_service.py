@@ -15,7 +15,7 @@ from flowhost.knowledge.records import utcnow
 
 pytestmark = pytest.mark.anyio
 
-DOCS = [
+DOCS: list[tuple[str, list[str], dict[str, Any]]] = [
     ("guide_en.md", ["manual"], {"lang": "en", "product": "kettle"}),
     ("guide_zh.md", ["manual", "中文"], {"lang": "zh", "product": "kettle"}),
     ("notes_en.txt", ["warranty"], {"lang": "en", "year": 2024}),

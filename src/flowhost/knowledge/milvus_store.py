@@ -177,7 +177,13 @@ class MilvusStore:
         await self._run(self._client.delete, space, filter=expr, **kwargs)
 
     async def search(
-        self, space: str, vector: Sequence[float], text: str, flt: StoreFilter, limit: int
+        self,
+        space: str,
+        vector: Sequence[float],
+        text: str,
+        flt: StoreFilter,
+        limit: int,
+        keep: int | None = None,
     ) -> SearchResult:
         expr, params = flt.to_milvus(bind=not self.lite)
         extra: dict[str, Any] = {"filter_params": params} if params else {}

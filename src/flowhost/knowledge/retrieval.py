@@ -135,7 +135,10 @@ async def retrieve(
     for (space, flt), bases in groups.items():
         b = bases[0]
         vec = vectors[(b.embedding.connection, b.embedding.model)]
-        searches.append(svc.vectors.search(space, vec.tolist(), query, flt, limit))
+        # Without a threshold only each group's top_k can reach the answer; with one, hits
+        # below it are skipped, so keep all the fused candidates.
+        keep = top_k if score_threshold is None else None
+        searches.append(svc.vectors.search(space, vec.tolist(), query, flt, limit, keep))
     results = await asyncio.gather(*searches)
     ranked: list[tuple[float, Hit]] = []
     for result in results:

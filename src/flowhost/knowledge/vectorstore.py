@@ -52,7 +52,12 @@ class ChunkRow:
 
 @dataclass(slots=True)
 class Hit:
-    """A found chunk. ``similarity`` is the cosine similarity to the query, when known."""
+    """A found chunk. ``similarity`` is the cosine similarity to the query, when known.
+
+    ``rank`` is the hit's 0-based rank in its leg when the leg holds only some of the hits it
+    ranked (a store may read only the rows that can make the fused top ``limit``); -1 means
+    "its position in the leg's list".
+    """
 
     chunk_id: str
     pipeline_id: str
@@ -64,6 +69,7 @@ class Hit:
     meta: dict[str, Any]
     similarity: float | None = None
     score: float = 0.0
+    rank: int = -1
 
 
 @dataclass(slots=True)
@@ -91,9 +97,19 @@ class VectorStore(Protocol):
         """Delete a base's chunks, or one file's."""
 
     async def search(
-        self, space: str, vector: Sequence[float], text: str, flt: StoreFilter, limit: int
+        self,
+        space: str,
+        vector: Sequence[float],
+        text: str,
+        flt: StoreFilter,
+        limit: int,
+        keep: int | None = None,
     ) -> SearchResult:
-        """Vector and full-text candidates (each at most ``limit``) matching ``flt``."""
+        """Vector and full-text candidates (each leg ranks at most ``limit``) matching ``flt``.
+
+        ``keep``: the caller uses only ``fuse(result, keep)``; a store may then return only
+        the hits that can make it (with their ``rank``), so it reads fewer rows.
+        """
 
     async def count(self, space: str, flt: StoreFilter) -> int: ...
 
@@ -109,7 +125,8 @@ def fuse(result: SearchResult, limit: int, k: int = RRF_K) -> list[Hit]:
     """
     fused: dict[str, tuple[float, Hit]] = {}
     for leg in (result.vector, result.text):
-        for rank, hit in enumerate(leg):
+        for position, hit in enumerate(leg):
+            rank = hit.rank if hit.rank >= 0 else position
             prev = fused.get(hit.chunk_id)
             rrf = 1.0 / (k + rank + 1)
             if prev is None:
