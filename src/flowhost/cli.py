@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -95,12 +96,20 @@ def serve(path: Path | None, **options: Any) -> None:
         settings = Settings(**overrides)
     except Exception as exc:  # pydantic.ValidationError: name the bad option
         raise click.ClickException(str(exc)) from None
-    from flowhost.server.run import serve as run_server
-
+    # Start-up imports and builds ~200k objects that live as long as the process: with the
+    # collector on, it would scan them again and again while they are made. ``run_server`` turns
+    # it back on (after freezing them) before serving; the ``finally`` covers a failed start.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
+        from flowhost.server.run import serve as run_server
+
         run_server(settings)
     except FlowDefinitionError as exc:
         raise click.ClickException(exc.message) from None
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 @contextlib.asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -24,6 +25,22 @@ def app_from_env() -> object:
     return create_app(Settings.model_validate(json.loads(os.environ[_SETTINGS_ENV])))
 
 
+def _settle_gc(*, freeze: bool = True) -> None:
+    """Freeze what start-up built (modules, classes, routes, flows) and turn the collector on.
+
+    ``flowhost serve`` turns the collector off while it imports and builds the app: with it on,
+    the ~200k objects made then are scanned by every collection that their own allocation
+    triggers, and again by the full collection the lifespan runs before it freezes the heap
+    (about 0.1 s of CPU each). Frozen here, they are never scanned; the lifespan's collection
+    only sees what came after. The few cyclic leftovers of the imports (about 1.5k objects)
+    stay, as frozen garbage.
+    """
+    if not gc.isenabled():
+        if freeze:
+            gc.freeze()
+        gc.enable()
+
+
 def serve(settings: Settings) -> None:
     common: dict[str, Any] = {
         "host": settings.host,
@@ -32,6 +49,8 @@ def serve(settings: Settings) -> None:
         "access_log": settings.access_log,
         "timeout_graceful_shutdown": settings.graceful_timeout,
         "server_header": False,
+        # flowhost has no WebSocket route: do not import a WebSocket protocol at start
+        "ws": "none",
     }
     if settings.workers > 1:
         data = settings.model_dump(mode="json")
@@ -40,6 +59,7 @@ def serve(settings: Settings) -> None:
             data[key] = secret.get_secret_value() if secret else None
         os.environ[_SETTINGS_ENV] = json.dumps(data)
         create_app(settings)  # validate the flows once in the parent: fail fast
+        _settle_gc(freeze=False)  # that app is dropped: let the collector free it
         # metrics: every worker writes its values to one directory, /metrics sums them
         own_dir = None if os.environ.get(MULTIPROC_ENV) else tempfile.mkdtemp(prefix="flowhost-")
         if own_dir is not None:
@@ -52,4 +72,6 @@ def serve(settings: Settings) -> None:
             if own_dir is not None:
                 shutil.rmtree(own_dir, ignore_errors=True)
     else:
-        uvicorn.run(create_app(settings), **common)
+        app = create_app(settings)
+        _settle_gc()
+        uvicorn.run(app, **common)
