@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import llm, simple, startup, ttfb
+from bench import llm, simple, startup, streams, ttfb
 from bench.common import Config
 from bench.loadgen import WRK_INSTALL_HINT, LoadGen
 from bench.procs import ROOT, Pinning
@@ -24,6 +24,7 @@ SCENARIOS: dict[str, Callable[[Config], Section]] = {
     "startup": startup.run,
     "llm": llm.run,
     "ttfb": ttfb.run,
+    "streams": streams.run,
 }
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 FALLBACK_NOTE = (

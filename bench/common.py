@@ -45,6 +45,8 @@ class Config:
     llm_connections: int = 500
     startup_runs: int = 5
     ttfb_samples: int = 200
+    streams_count: int = 2000
+    streams_hold: float = 60.0  # seconds each stream stays open after its first piece
     simple_extra: bool = True  # also run flowhost with tracing off (skipped by --quick)
     notes: list[str] = field(default_factory=list)
     # set once when `--no-history` is rejected by `flowhost serve`
@@ -59,6 +61,7 @@ class Config:
             cfg.simple_duration, cfg.simple_warmup = 2.0, 1.0
             cfg.llm_duration, cfg.llm_warmup = 4.0, 1.0
             cfg.startup_runs, cfg.ttfb_samples = 3, 50
+            cfg.streams_hold = 45.0
             cfg.simple_extra = False
         if duration is not None:
             cfg.simple_duration = cfg.llm_duration = max(1.0, duration)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -30,6 +31,8 @@ __all__ = [
     "Servers",
     "free_port",
     "health_ok",
+    "open_fds",
+    "raise_nofile",
     "rss_bytes",
 ]
 
@@ -125,6 +128,30 @@ def rss_bytes(pid: int) -> int:
             continue
         pids.extend(int(c) for c in children)
     return total
+
+
+def open_fds(pid: int) -> tuple[int, int]:
+    """(open file descriptors, of which sockets) of ``pid``. Raises OSError when it is gone."""
+    fds = sockets = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        fds += 1
+        sockets += target.startswith("socket:")
+    return fds, sockets
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE towards ``wanted`` (at most the hard limit); the
+    servers it starts inherit it. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < cap:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (cap, hard))
+        soft = cap
+    return soft
 
 
 class ServerStartError(RuntimeError):
