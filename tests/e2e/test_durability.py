@@ -17,7 +17,6 @@ import anyio
 import httpx
 import pytest
 from history_support import (
-    ECHO,
     SESSION_HEADER,
     SSE,
     drop_service,
@@ -35,6 +34,8 @@ Server = Any  # tests/conftest.py's Server
 TURNS = 200
 SESSIONS = 20
 KILL_AFTER = 40  # completed responses before the kill
+# echo, but turn i answers after i * 5 ms: on a fast server turns are still in flight at the kill
+ECHO_SLOW = Path(__file__).resolve().parents[1] / "flows_fixtures" / "durability" / "echo_slow"
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _sqlite_checks(database: Path) -> None:
 def test_sigkill_loses_no_completed_turn(
     backend: Backend, server_factory: Callable[..., Server], tmp_path: Path
 ) -> None:
-    server = server_factory(ECHO, *backend.args)
+    server = server_factory(ECHO_SLOW, *backend.args)
     ids = [new_id(f"d{k}") for k in range(SESSIONS)]
     done, lost = asyncio.run(_flood(server, ids))
     server.proc.wait(15)
@@ -144,7 +145,7 @@ def test_sigkill_loses_no_completed_turn(
         assert n_turns == counted
         assert n_turns >= len(done)
 
-    restarted = server_factory(ECHO, *backend.args)
+    restarted = server_factory(ECHO_SLOW, *backend.args)
     with httpx.Client(base_url=restarted.url, timeout=15.0) as c:
         stored: dict[str, list[dict[str, Any]]] = {}
         for sid in ids:
