@@ -29,7 +29,7 @@ from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from flowhost.jsontext import compact_json
+from flowhost.jsontext import compact_json, parse_json
 from flowhost.store.errors import InvalidStoreURL, StoreError, StoreUnavailable
 
 __all__ = [
@@ -139,13 +139,14 @@ def sqlite_on_begin(connection: Connection) -> None:
 def create_store_engine(url: URL) -> AsyncEngine:
     """An engine for a normalized URL, with the pool and connection settings of its backend."""
     if dialect_of(url) == "sqlite":
-        engine = create_async_engine(url, json_serializer=json_dumps)
+        engine = create_async_engine(url, json_serializer=json_dumps, json_deserializer=parse_json)
         event.listen(engine.sync_engine, "connect", sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", sqlite_on_begin)
         return engine
     engine = create_async_engine(
         url,
         json_serializer=json_dumps,
+        json_deserializer=parse_json,
         pool_recycle=POOL_RECYCLE_S,
         pool_reset_on_return=None,  # reset_on_checkin below does it
     )

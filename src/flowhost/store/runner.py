@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from flowhost.jsontext import parse_json
 from flowhost.store.engine import (
     SQLITE_BEGIN_OPTION,
     dialect_of,
@@ -104,6 +105,7 @@ def create_sqlite_sync_engine(url: URL) -> Engine:
     engine = create_engine(
         url.set(drivername="sqlite+pysqlite"),
         json_serializer=json_dumps,
+        json_deserializer=parse_json,
         pool_size=SQLITE_THREADS,
         max_overflow=0,
     )

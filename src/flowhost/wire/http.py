@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import orjson
 from fastapi import Request
 
 from flowhost.exceptions import InvalidInput, RunCanceled
+from flowhost.jsontext import parse_json
 from flowhost.service import PreparedRun, RunService
 
 __all__ = [
@@ -29,7 +26,6 @@ __all__ = [
 T = TypeVar("T")
 MAX_JSON_DEPTH = 64
 MAX_OFFSET = 2**63 - 1  # the largest row offset every SQL backend takes (BIGINT)
-_LONG_NUMBER = re.compile(rb"\d{19}")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -75,13 +71,8 @@ def _depth_ok(raw: bytes) -> bool:
 
 
 def _loads(raw: bytes) -> Any:
-    """orjson where it reads the body as json does (several times faster), else json: orjson
-    reads integers beyond 64 bits as floats and refuses lone surrogates and NaN."""
-    if not _LONG_NUMBER.search(raw):
-        with contextlib.suppress(orjson.JSONDecodeError):
-            return orjson.loads(raw)
     try:
-        return json.loads(raw)
+        return parse_json(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300+ digits
         raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from None
 
