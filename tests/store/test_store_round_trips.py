@@ -275,3 +275,26 @@ async def test_only_one_retry_and_only_for_disconnects() -> None:
     with pytest.raises(exc.IntegrityError):
         await retry_on_disconnect(other, lambda conn: "ok", write=True)
     assert other.attempts == 1
+
+
+async def test_sqlite_quick_reads_run_on_the_event_loop_thread(tmp_path: Any) -> None:
+    """A session's read skips the thread hop on SQLite (WAL readers never wait for writers);
+    other reads and every write still run in worker threads."""
+    import threading
+
+    store = await Store.open(None, data_dir=tmp_path, service="quick")
+    try:
+        threads: list[int] = []
+
+        def op(conn: Connection) -> int:
+            threads.append(threading.get_ident())
+            return int(conn.execute(text("SELECT 1")).scalar_one())
+
+        assert await store.runner.read_quick(op) == 1
+        assert await store.runner.read(op) == 1
+        assert await store.runner.write(op) == 1
+        here = threading.get_ident()
+        assert threads[0] == here
+        assert here not in threads[1:]
+    finally:
+        await store.close()

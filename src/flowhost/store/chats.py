@@ -159,6 +159,9 @@ class ChatRepository:
     async def _read(self, operation: Callable[[Connection], T]) -> T:
         return await retry_on_disconnect(self._db.read, operation, write=False)
 
+    async def _read_quick(self, operation: Callable[[Connection], T]) -> T:
+        return await retry_on_disconnect(self._db.read_quick, operation, write=False)
+
     async def _write(self, operation: Callable[[Connection], T]) -> T:
         return await retry_on_disconnect(self._db.write, operation, write=True)
 
@@ -239,7 +242,7 @@ class ChatRepository:
             return self._find_with_messages(conn, session_id, user_id, history_turns)
 
         async with translate_errors("opening a session"):
-            found, messages = await self._read(read)
+            found, messages = await self._read_quick(read)
             if found is None:
                 now = utcnow()
                 created = SessionRecord(

@@ -6,7 +6,7 @@ function of a SQLAlchemy ``Connection``. A runner executes it in one transaction
 - MySQL / MariaDB / PostgreSQL: on the store's async engine, through
   ``AsyncConnection.run_sync`` (the statements use the driver's own asyncio I/O).
 - SQLite: on a synchronous ``sqlite3`` engine over the same file, the whole operation in one
-  worker thread. aiosqlite hops to its thread for every cursor call (about four per statement,
+  worker thread (``read_quick``, for small indexed reads: on the calling thread). aiosqlite hops to its thread for every cursor call (about four per statement,
   some 25 per chat turn, 3-4 ms on a busy machine); here a turn costs three hops.
   Writers of this process queue on an ``anyio.Lock`` (not in threads) and take SQLite's write
   lock at ``BEGIN IMMEDIATE``; ``busy_timeout`` covers writers in other processes.
@@ -44,6 +44,12 @@ class Runner(Protocol):
         """Run ``operation`` in a read transaction (rolled back at the end)."""
         ...
 
+    async def read_quick(self, operation: Callable[[Connection], T]) -> T:
+        """``read`` for a small indexed read (a session and its last turns): on SQLite it runs
+        on the calling thread, where a thread hop and the GIL handoffs of its statements cost
+        more than the read."""
+        ...
+
     async def write(self, operation: Callable[[Connection], T]) -> T:
         """Run ``operation`` in a write transaction, committed when it returns."""
         ...
@@ -60,6 +66,9 @@ class AsyncRunner:
     async def read(self, operation: Callable[[Connection], T]) -> T:
         async with self._engine.connect() as conn:
             return await conn.run_sync(operation)
+
+    async def read_quick(self, operation: Callable[[Connection], T]) -> T:
+        return await self.read(operation)
 
     async def write(self, operation: Callable[[Connection], T]) -> T:
         async with self._engine.begin() as conn:
@@ -79,6 +88,11 @@ class SqliteThreadRunner:
 
     async def read(self, operation: Callable[[Connection], T]) -> T:
         return await anyio.to_thread.run_sync(self._read, operation, limiter=self._threads)
+
+    async def read_quick(self, operation: Callable[[Connection], T]) -> T:
+        # WAL readers never wait for writers (busy_timeout cannot block the loop here); the
+        # operation must be a bounded, indexed read
+        return self._read(operation)
 
     async def write(self, operation: Callable[[Connection], T]) -> T:
         # Not cancellable once in the thread: a write is done whole or not at all, and the lock
@@ -106,7 +120,7 @@ def create_sqlite_sync_engine(url: URL) -> Engine:
         url.set(drivername="sqlite+pysqlite"),
         json_serializer=json_dumps,
         json_deserializer=parse_json,
-        pool_size=SQLITE_THREADS,
+        pool_size=SQLITE_THREADS + 1,  # + the event loop's read_quick: never waits for one
         max_overflow=0,
     )
     event.listen(engine, "connect", sqlite_on_connect)
