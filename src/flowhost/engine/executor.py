@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -76,6 +77,32 @@ def _lookup(value: Any, path: tuple[str, ...], ref: Reference) -> Any:
     return value
 
 
+class _Channel:
+    """The node tasks' events, in order, for the one consumer (``execute``): a deque and at most
+    one waiting future, where an ``asyncio.Queue`` keeps four deques and an event per run."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[RunEvent | _Failed] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: RunEvent | _Failed) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> RunEvent | _Failed:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class _Failed:
     __slots__ = ("event",)
 
@@ -95,9 +122,12 @@ class _Run:
         self.flow, self.inputs, self.ctx, self.services = flow, inputs, ctx, services
         self.node_timeout = node_timeout
         self.run_id = ctx.run_id
-        self.queue: asyncio.Queue[RunEvent | _Failed] = asyncio.Queue()
+        self.queue = _Channel()
         self.results: dict[str, Any] = {}
-        self.finished: dict[str, asyncio.Event] = {n: asyncio.Event() for n in flow.nodes}
+        # nodes that others wait for (a node no one references needs no event)
+        self.finished: dict[str, asyncio.Event] = {
+            dep: asyncio.Event() for n in flow.nodes.values() for dep in n.deps
+        }
         self.usage: list[ModelUsage] = []
         # streaming node -> the flow outputs that echo its deltas
         self.echo: dict[str, list[str]] = {}
@@ -145,7 +175,7 @@ class _Run:
             return
         finally:
             if name in self.results:
-                self.finished[name].set()
+                self._set_finished(name)
         echo = self.echo.get(name, ())
 
         async def emit(delta: str) -> None:
@@ -197,7 +227,12 @@ class _Run:
                 rt.trace,
             )
         )
-        self.finished[name].set()
+        self._set_finished(name)
+
+    def _set_finished(self, name: str) -> None:
+        event = self.finished.get(name)
+        if event is not None:
+            event.set()
 
 
 def _since(start: float) -> float:
