@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
     import aiohttp
     import openai
 
+from flowhost.jsontext import compact_json, parse_json
 from flowhost.llm.connections import Connection
 
 __all__ = ["ChatChunk", "LLMCallError", "LLMClient"]
@@ -228,7 +228,7 @@ class LLMClient:
     async def _fast_chunks(
         self, conn: Connection, ep: _Endpoint, body: dict[str, Any]
     ) -> AsyncGenerator[dict[str, Any], None]:
-        data = json.dumps(body, ensure_ascii=False).encode()
+        data = compact_json(body).encode()
         retries = conn.max_retries
         for attempt in range(retries + 1):
             try:
@@ -360,7 +360,7 @@ async def _sse_json(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, An
             data = []
             if payload.startswith(b"[DONE]"):
                 return
-            item = json.loads(payload)
+            item = parse_json(payload)
             if isinstance(item, dict) and item.get("error"):
                 raise _StreamError(item["error"])
             yield item
