@@ -25,9 +25,17 @@ pytestmark = pytest.mark.anyio
 N, DIM = IVF_MIN_ROWS + 2000, 64
 
 
-def corpus(rng: np.random.Generator) -> tuple[np.ndarray[Any, Any], list[ChunkRow]]:
-    centers = rng.standard_normal((40, DIM)).astype(np.float32)
-    vecs = centers[rng.integers(0, 40, N)] + 0.6 * rng.standard_normal((N, DIM)).astype(np.float32)
+def corpus(
+    rng: np.random.Generator,
+    n: int = N,
+    dim: int = DIM,
+    clusters: int = 40,
+    spread: float = 0.6,
+) -> tuple[np.ndarray[Any, Any], list[ChunkRow]]:
+    """``n`` unit vectors around ``clusters`` centers, as chunks of 4 bases, 20 per file."""
+    centers = rng.standard_normal((clusters, dim)).astype(np.float32)
+    picked = centers[rng.integers(0, clusters, n)]
+    vecs = picked + spread * rng.standard_normal((n, dim)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     rows = [
         ChunkRow(
@@ -46,7 +54,7 @@ def corpus(rng: np.random.Generator) -> tuple[np.ndarray[Any, Any], list[ChunkRo
             meta={},
             vector=vecs[i],
         )
-        for i in range(N)
+        for i in range(n)
     ]
     return vecs, rows
 
@@ -120,24 +128,7 @@ async def test_wide_filters_probe_part_of_the_index_narrow_ones_stay_exact(tmp_p
     exact search); a filter admitting at most EXACT_ROWS rows still finds exactly."""
     n, dim = ANN_MIN_ROWS + 4000, 32
     rng = np.random.default_rng(3)
-    centers = rng.standard_normal((64, dim)).astype(np.float32)
-    vecs = centers[rng.integers(0, 64, n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    rows = [
-        ChunkRow(
-            chunk_id=f"c{i}",
-            pipeline_id=f"kb{i % 4}",
-            file_id=f"file_{i // 20}",
-            doc_name="d",
-            title="t",
-            text=f"chunk {i}",
-            position=i,
-            labels=(tag_label(f"r{i % 97}"),),
-            meta={},
-            vector=vecs[i],
-        )
-        for i in range(n)
-    ]
+    vecs, rows = corpus(rng, n, dim, clusters=64, spread=0.5)
     shapes: dict[str, tuple[StoreFilter, Callable[[int], bool], float]] = {
         "wide": (StoreFilter(("kb1", "kb2")), lambda i: i % 4 in (1, 2), 0.95),
         "narrow": (
