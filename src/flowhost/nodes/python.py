@@ -188,8 +188,8 @@ class InlinePolicy:
 
     __slots__ = ("enabled", "inline", "runs", "streak", "strikes", "window_start")
 
-    def __init__(self, *, enabled: bool = True) -> None:
-        self.enabled = enabled
+    def __init__(self) -> None:
+        self.enabled = True
         self.inline = False
         self.runs = self.streak = self.strikes = self.window_start = 0
 
@@ -221,9 +221,9 @@ class InlinePolicy:
 
 
 def _voluntary_switches() -> int:
-    """Voluntary context switches of the calling thread (Linux), else 1 (any wait may block)."""
+    """Voluntary context switches of the calling thread so far (Linux; elsewhere 0)."""
     if _RUSAGE_THREAD is None:
-        return 1
+        return 0
     return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
 
 
@@ -243,6 +243,7 @@ class Measured:
             self.error = exc
         self.wall = time.perf_counter() - start
         self.cpu = time.thread_time() - cpu0
+        # without per-thread counts, any long call counts as one that waited
         self.voluntary = _voluntary_switches() - vol0 if _RUSAGE_THREAD is not None else 1
 
     def get(self) -> Any:

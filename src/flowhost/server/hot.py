@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from flowhost.server.errors import render_error
+from flowhost.wire.http import request_id
 
 __all__ = ["FlowhostAPI", "HotRoute", "hot"]
 
@@ -60,8 +61,7 @@ async def _dispatch(scope: Scope, receive: Receive, send: Send) -> None:
         params = scope["path_params"]
         response = await route.endpoint(request, **{name: params[name] for name in route.params})
     except Exception as exc:  # FlowhostError, and anything unexpected (logged, generic 500)
-        state = scope.get("state") or {}
-        response = render_error(scope["path"], exc, str(state.get("request_id", "")))
+        response = render_error(scope["path"], exc, request_id(request))
     await response(scope, receive, send)
 
 
