@@ -6,8 +6,9 @@ function of a SQLAlchemy ``Connection``. A runner executes it in one transaction
 - MySQL / MariaDB / PostgreSQL: on the store's async engine, through
   ``AsyncConnection.run_sync`` (the statements use the driver's own asyncio I/O).
 - SQLite: on a synchronous ``sqlite3`` engine over the same file, the whole operation in one
-  worker thread (``read_quick``, for small indexed reads: on the calling thread). aiosqlite hops to its thread for every cursor call (about four per statement,
-  some 25 per chat turn, 3-4 ms on a busy machine); here a turn costs three hops.
+  worker thread (``read_quick``, for small indexed reads: on the calling thread). aiosqlite
+  hops to its thread for every cursor call (about four per statement, some 25 per chat turn,
+  3-4 ms on a busy machine); here a turn of an existing session costs one hop.
   Writers of this process queue on an ``anyio.Lock`` (not in threads) and take SQLite's write
   lock at ``BEGIN IMMEDIATE``; ``busy_timeout`` covers writers in other processes.
 """

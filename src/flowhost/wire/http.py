@@ -70,13 +70,6 @@ def _depth_ok(raw: bytes) -> bool:
     return True
 
 
-def _loads(raw: bytes) -> Any:
-    try:
-        return parse_json(raw)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300+ digits
-        raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from None
-
-
 async def read_json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object, or InvalidInput (400) saying what is wrong with it."""
     raw = await request.body()
@@ -84,7 +77,10 @@ async def read_json_object(request: Request) -> dict[str, Any]:
         raise InvalidInput("request body is empty; send a JSON object", field="body")
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and not _depth_ok(raw):
         raise InvalidInput(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", field="body")
-    data = _loads(raw)
+    try:
+        data = parse_json(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300+ digits
+        raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from None
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object", field="body")
     return data
