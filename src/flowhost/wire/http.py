@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from fastapi import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from flowhost.exceptions import InvalidInput, RunCanceled
 from flowhost.jsontext import parse_json
@@ -15,6 +17,7 @@ from flowhost.service import PreparedRun, RunService
 __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_OFFSET",
+    "EventStream",
     "get_service",
     "read_json_object",
     "request_id",
@@ -90,12 +93,11 @@ def wants_sse(request: Request) -> bool:
     return "text/event-stream" in request.headers.get("accept", "")
 
 
-async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -> T:
-    """Run ``work`` but cancel it if the client disconnects first (non-streaming responses).
+async def _cancel_on_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` in the caller's task; one watcher task cancels it if the client disconnects.
 
-    Starlette only cancels streaming bodies on disconnect; a plain request handler keeps running.
-    The body has been read already, so the next ``receive`` is the disconnect (or never comes).
-    ``work`` runs in the caller's task; one watcher task cancels that task on a disconnect.
+    The request body has been read already, so the next ``receive`` is the disconnect (or never
+    comes). Raises RunCanceled when the client left, and lets any other cancellation through.
     """
     task = asyncio.current_task()
     assert task is not None
@@ -104,7 +106,7 @@ async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -
     async def watch() -> None:
         nonlocal left
         while True:
-            msg = await request.receive()
+            msg = await receive()
             if msg["type"] == "http.disconnect":
                 left = True
                 task.cancel()
@@ -119,3 +121,32 @@ async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -
         raise
     finally:
         watcher.cancel()
+
+
+async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` but cancel it if the client disconnects first (non-streaming responses).
+
+    Starlette only cancels streaming bodies on disconnect; a plain request handler keeps running.
+    """
+    return await _cancel_on_disconnect(request.receive, work)
+
+
+class EventStream(StreamingResponse):
+    """``text/event-stream`` response: the SSE headers, and the body streamed in one task.
+
+    Starlette's StreamingResponse (ASGI spec < 2.4, which uvicorn speaks) runs the body in an
+    anyio task group beside a disconnect listener; here the request's own task streams and one
+    small watcher cancels it when the client leaves (cancelling the run and its LLM requests).
+    That is ~6 KB less per open stream, and the same cancellation.
+    """
+
+    def __init__(self, content: AsyncIterable[str | bytes], headers: Mapping[str, str]) -> None:
+        super().__init__(
+            content, media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await _cancel_on_disconnect(receive, lambda: self.stream_response(send))
+        except RunCanceled:
+            return  # the client left; nothing more to send

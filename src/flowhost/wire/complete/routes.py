@@ -6,7 +6,7 @@ from typing import Any
 
 import pydantic
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from flowhost.exceptions import InvalidInput
 from flowhost.knowledge.filters import parse_rag_options
@@ -15,7 +15,7 @@ from flowhost.service import RunRequest
 from flowhost.wire.complete import adapter
 from flowhost.wire.complete.models import RunBody, inline_schema
 from flowhost.wire.http import (
-    SSE_HEADERS,
+    EventStream,
     get_service,
     read_json_object,
     request_id,
@@ -90,11 +90,7 @@ async def _complete(request: Request, app_id: str | None) -> Response:
     headers = session_headers(prepared)
     flow = prepared.app.flow
     if run_body.stream:
-        return StreamingResponse(
-            adapter.stream(prepared.events(), flow, cfg),
-            media_type="text/event-stream",
-            headers={**SSE_HEADERS, **headers},
-        )
+        return EventStream(adapter.stream(prepared.events(), flow, cfg), headers)
     body, error = await until_disconnect(
         request, lambda: adapter.collect(prepared.events(), flow, cfg)
     )

@@ -6,7 +6,7 @@ from typing import Any
 
 import pydantic
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from flowhost.exceptions import InvalidInput
 from flowhost.server.errors import register_renderer
@@ -16,7 +16,7 @@ from flowhost.wire.chat import openapi_schema, split_messages
 from flowhost.wire.dashscope import adapter
 from flowhost.wire.dashscope.models import AppError, AppRequest, AppResponse
 from flowhost.wire.http import (
-    SSE_HEADERS,
+    EventStream,
     get_service,
     read_json_object,
     request_id,
@@ -183,11 +183,7 @@ async def completion(request: Request) -> Response:
     )
     headers = run_headers(prepared)  # X-Trace-Id (the SDK ignores headers; curl users do not)
     if _wants_stream(request):
-        return StreamingResponse(
-            adapter.stream(prepared.events(), opts),
-            media_type="text/event-stream",
-            headers={**SSE_HEADERS, **headers},
-        )
+        return EventStream(adapter.stream(prepared.events(), opts), headers)
     body, error = await until_disconnect(request, lambda: adapter.collect(prepared.events(), opts))
     if error is not None or body is None:
         assert error is not None

@@ -6,7 +6,7 @@ import time
 
 import pydantic
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from flowhost.exceptions import InvalidInput, NotFound
 from flowhost.knowledge.filters import parse_rag_options
@@ -15,7 +15,7 @@ from flowhost.server.hot import hot
 from flowhost.service import RunRequest
 from flowhost.wire.chat import openapi_schema, split_messages
 from flowhost.wire.http import (
-    SSE_HEADERS,
+    EventStream,
     get_service,
     read_json_object,
     request_id,
@@ -156,10 +156,8 @@ async def chat_completions(request: Request) -> Response:
     headers = session_headers(prepared)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
-            adapter.stream(prepared.events(), completion, include_usage=include_usage),
-            media_type="text/event-stream",
-            headers={**SSE_HEADERS, **headers},
+        return EventStream(
+            adapter.stream(prepared.events(), completion, include_usage=include_usage), headers
         )
     result, error = await until_disconnect(
         request, lambda: adapter.collect(prepared.events(), completion)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from flowhost.server.errors import render_error_info
 from flowhost.server.hot import hot
 from flowhost.service import PreparedRun, RunRequest
 from flowhost.wire.http import (
-    SSE_HEADERS,
+    EventStream,
     get_service,
     read_json_object,
     request_id,
@@ -72,11 +72,7 @@ async def _simple(request: Request, app_id: str | None) -> Response:
     headers = session_headers(prepared)
     if wants_sse(request):
         key = flow.chat_output or next(iter(flow.outputs), "answer")
-        return StreamingResponse(
-            adapter.stream(prepared.events(), key),
-            media_type="text/event-stream",
-            headers={**SSE_HEADERS, **headers},
-        )
+        return EventStream(adapter.stream(prepared.events(), key), headers)
     outputs, error = await until_disconnect(request, lambda: adapter.collect(prepared.events()))
     if error is not None:
         resp = render_error_info(request.url.path, error, prepared.ctx.request_id)
