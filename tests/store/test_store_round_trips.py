@@ -22,6 +22,7 @@ from sqlalchemy.engine import ExceptionContext
 from flowhost.store import NewTurn, SessionAccessDenied, SessionNotFound, Store
 from flowhost.store import engine as store_engine
 from flowhost.store.engine import create_store_engine, normalize_url, retry_on_disconnect
+from flowhost.store.runner import SqliteThreadRunner
 
 pytestmark = pytest.mark.anyio
 OpenStore = Callable[..., Awaitable[Store]]
@@ -277,9 +278,9 @@ async def test_only_one_retry_and_only_for_disconnects() -> None:
     assert other.attempts == 1
 
 
-async def test_sqlite_quick_reads_run_on_the_event_loop_thread(tmp_path: Any) -> None:
-    """A session's read skips the thread hop on SQLite (WAL readers never wait for writers);
-    other reads and every write still run in worker threads."""
+async def test_sqlite_quick_operations_run_on_the_event_loop_thread(tmp_path: Any) -> None:
+    """A chat turn's read and write skip the thread hop on SQLite; other reads and writes still
+    run in worker threads."""
     import threading
 
     store = await Store.open(None, data_dir=tmp_path, service="quick")
@@ -291,10 +292,98 @@ async def test_sqlite_quick_reads_run_on_the_event_loop_thread(tmp_path: Any) ->
             return int(conn.execute(text("SELECT 1")).scalar_one())
 
         assert await store.runner.read_quick(op) == 1
+        assert await store.runner.write_quick(op) == 1
         assert await store.runner.read(op) == 1
         assert await store.runner.write(op) == 1
         here = threading.get_ident()
-        assert threads[0] == here
-        assert here not in threads[1:]
+        assert threads[:2] == [here, here]
+        assert here not in threads[2:]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_quick_write_waits_in_a_thread_while_another_process_writes(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop never blocks on SQLite's write lock: held by another connection (another
+    worker process), a quick write goes to a thread, waits there and then lands."""
+    import sqlite3
+    import threading
+
+    import anyio
+
+    store = await Store.open(None, data_dir=tmp_path, service="quick")
+    other = sqlite3.connect(tmp_path / "flowhost.db", isolation_level=None)
+    try:
+        session_id = uuid.uuid4().hex
+        await store.chats.open_session(session_id, app_id="app", user_id=None, history_turns=5)
+        runner = store.runner
+        assert isinstance(runner, SqliteThreadRunner)
+        in_thread: list[int] = []
+        real = runner._write
+
+        def spy(operation: Callable[[Connection], Any]) -> Any:
+            in_thread.append(threading.get_ident())
+            return real(operation)
+
+        monkeypatch.setattr(runner, "_write", spy)
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.chats.append_turn, _turn(session_id, 0))
+            # the loop is free while the write waits in its thread: release the lock
+            await anyio.wait_all_tasks_blocked()
+            other.execute("COMMIT")
+        _, history = await store.chats.open_session(
+            session_id, app_id="app", user_id=None, history_turns=5
+        )
+        assert [inputs["n"] for inputs, _ in history] == [0]
+        assert len(in_thread) == 1
+        assert in_thread[0] != threading.get_ident()
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_sqlite_quick_writes_checkpoint_the_wal_in_a_thread(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quick connection never checkpoints (that may fsync); every CHECKPOINT_EVERY quick
+    commits a passive checkpoint runs in a worker thread and moves the WAL into the database."""
+    import threading
+
+    from flowhost.store import runner as store_runner
+
+    monkeypatch.setattr(store_runner, "CHECKPOINT_EVERY", 5)
+    store = await Store.open(None, data_dir=tmp_path, service="quick")
+    try:
+        runner = store.runner
+        assert isinstance(runner, SqliteThreadRunner)
+        ran_in: list[int] = []
+        real = runner._checkpoint_wal
+
+        def spy() -> None:
+            ran_in.append(threading.get_ident())
+            real()
+
+        monkeypatch.setattr(runner, "_checkpoint_wal", spy)
+        session_id = uuid.uuid4().hex
+        await store.chats.open_session(session_id, app_id="app", user_id=None, history_turns=5)
+        for n in range(4):
+            await store.chats.append_turn(_turn(session_id, n))
+        assert ran_in == []  # 5 quick commits so far: the session and 4 turns
+        await store.chats.append_turn(_turn(session_id, 4))
+        checkpoint = runner._checkpoint
+        assert checkpoint is not None
+        await checkpoint
+        assert len(ran_in) == 1
+        assert ran_in[0] != threading.get_ident()
+
+        def wal_state(conn: Connection) -> tuple[int, int, int]:
+            busy, log, done = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+            return int(busy), int(log), int(done)
+
+        busy, log, done = await runner.read(wal_state)
+        assert busy == 0
+        assert log == done
     finally:
         await store.close()

@@ -165,6 +165,9 @@ class ChatRepository:
     async def _write(self, operation: Callable[[Connection], T]) -> T:
         return await retry_on_disconnect(self._db.write, operation, write=True)
 
+    async def _write_quick(self, operation: Callable[[Connection], T]) -> T:
+        return await retry_on_disconnect(self._db.write_quick, operation, write=True)
+
     def _find(self, conn: Connection, session_id: str) -> SessionRecord | None:
         row = conn.execute(self._find_session, {"b_session": session_id}).mappings().first()
         return None if row is None else _session(row)
@@ -258,7 +261,7 @@ class ChatRepository:
                     "turn_count": 0,
                 }
                 try:
-                    await self._write(lambda conn: conn.execute(self._create_session, row))
+                    await self._write_quick(lambda conn: conn.execute(self._create_session, row))
                     return created, []
                 except exc.IntegrityError:
                     pass  # created by a concurrent caller meanwhile: read theirs
@@ -324,7 +327,7 @@ class ChatRepository:
             return int(key[0])
 
         async with translate_errors("appending a turn"):
-            turn_id = await self._write(append)
+            turn_id = await self._write_quick(append)
         return _turn({"id": turn_id, **values})
 
     async def list_sessions(
