@@ -13,7 +13,6 @@ import logging
 import re
 import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,6 +26,7 @@ from flowhost.engine.events import ErrorInfo, RunEvent, RunFailed, RunFinished
 from flowhost.engine.executor import execute
 from flowhost.exceptions import FlowhostError, InvalidInput
 from flowhost.flows.inputs import coerce_inputs
+from flowhost.ids import uuid7
 
 if TYPE_CHECKING:
     from flowhost.memory import MemoryService
@@ -62,7 +62,7 @@ class RunRequest:
     app_id: str | None
     inputs: dict[str, Any]
     protocol: str
-    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    request_id: str = field(default_factory=uuid7)
     session_id: str | None = None
     user_id: str | None = None
     use_session: bool = True
@@ -228,7 +228,7 @@ class RunService:
         if req.rag_options is not None:
             extra["rag_options"] = req.rag_options
         ctx = RunContext(
-            run_id=str(uuid.uuid4()),
+            run_id=uuid7(),
             request_id=req.request_id,
             app_id=app.app_id,
             session_id=session_id,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flowhost.exceptions import PayloadTooLarge, RequestError, Unauthorized
+from flowhost.ids import uuid7
 from flowhost.server.errors import render_error
 
 __all__ = ["OPEN_PATHS", "RequestContextMiddleware", "RequestTimeout"]
@@ -64,7 +64,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         rid_raw = _header(scope, b"x-request-id")
-        rid = rid_raw.decode("latin-1")[:128] if rid_raw else str(uuid.uuid4())
+        rid = rid_raw.decode("latin-1")[:128] if rid_raw else uuid7()
         scope.setdefault("state", {})["request_id"] = rid
         path: str = scope["path"]
         if self.token is not None and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):

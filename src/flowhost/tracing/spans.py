@@ -3,7 +3,7 @@
 The sink does not create OpenTelemetry SDK ``Span`` objects on a run's path: an SDK span costs
 about 50 µs (sampler, id generator, span processors, a lock and a validation per attribute), and
 the simple-mode benchmark measures a whole run in about 150 µs. A ``SpanData`` is a slotted
-record with W3C ids from ``random.getrandbits`` (as the SDK's ``RandomIdGenerator``); it becomes
+record with W3C ids from ``random.getrandbits`` (trace ids time first: ``flowhost.ids``); it becomes
 an SDK ``ReadableSpan`` (for the OTLP exporter) or part of a ``RunRecord`` (the local store keeps
 one row per run) in the background, off the request's path.
 """
@@ -21,7 +21,6 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     INVALID_SPAN_ID,
-    INVALID_TRACE_ID,
     SpanContext,
     SpanKind,
     Status,
@@ -30,19 +29,13 @@ from opentelemetry.trace import (
     TraceState,
 )
 
+from flowhost.ids import new_trace_id
 from flowhost.store.traces import RunRecord
 
 __all__ = ["SpanData", "new_span_id", "new_trace_id", "to_readable", "to_record"]
 
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
 _EMPTY_STATE: Final = TraceState()
-
-
-def new_trace_id() -> int:
-    while True:
-        value = random.getrandbits(128)
-        if value != INVALID_TRACE_ID:
-            return value
 
 
 def new_span_id() -> int:
