@@ -67,7 +67,9 @@ def run(cfg: Config) -> Section:
         "`serve examples/flows/chat --no-history`, non-streaming `POST /` "
         '`{"question": "hi"}`. Direct baseline: the same load on the fake\'s '
         "`/v1/chat/completions` with the body flowhost sends (streamed, with usage). Latencies "
-        "in ms.",
+        "in ms. wrk opens every connection at once and a request lasts ~1 s, so no request "
+        "completes in the window's first second: req/s can reach 500 x (window - 1 s) / window "
+        "at most, hence a long window.",
     )
     with Servers(cfg.pinning) as servers:
         fake = start_fake(servers, delay=DELAY_S, cpus=cfg.pinning.server)
