@@ -217,3 +217,40 @@ async def test_maintain_compacts_the_writes_and_indexes_them(tmp_path: Any) -> N
         assert got.text[0].chunk_id == "c4000"
     finally:
         await store.close()
+
+
+async def test_the_admitted_count_is_kept_until_the_table_changes(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filter's rows are counted once per table version: repeated searches reuse the count,
+    and a write (a new version) makes the next search count again and find the new rows."""
+    from lancedb.table import AsyncTable
+
+    rng = np.random.default_rng(3)
+    vecs, rows = corpus(rng)
+    store = LanceDBStore(str(tmp_path / "lance"))
+    await store.open()
+    counted: list[str | None] = []
+    real = AsyncTable.count_rows
+
+    async def spy(self: AsyncTable, filter: str | None = None) -> int:
+        counted.append(filter)
+        return await real(self, filter)
+
+    try:
+        await store.ensure_space("count", DIM)
+        await store.add("count", rows[: N - 3])
+        await store.maintain("count")
+        monkeypatch.setattr(AsyncTable, "count_rows", spy)
+        flt = StoreFilter(("kb1",))
+        for i in range(3):
+            await store.search("count", vecs[i].tolist(), "", flt, 5)
+        assert counted == [flt.to_lance()]
+        last = rows[N - 3]
+        assert last.pipeline_id == "kb1"
+        await store.add("count", [last])
+        got = await store.search("count", vecs[N - 3].tolist(), "", flt, 5)
+        assert counted == [flt.to_lance()] * 2
+        assert got.vector[0].chunk_id == last.chunk_id
+    finally:
+        await store.close()
