@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -245,12 +246,45 @@ async def test_the_admitted_count_is_kept_until_the_table_changes(
         flt = StoreFilter(("kb1",))
         for i in range(3):
             await store.search("count", vecs[i].tolist(), "", flt, 5)
-        assert counted == [flt.to_lance()]
+        assert counted == [flt.to_lance(), None]  # the filter's rows, and the table's
         last = rows[N - 3]
         assert last.pipeline_id == "kb1"
         await store.add("count", [last])
         got = await store.search("count", vecs[N - 3].tolist(), "", flt, 5)
-        assert counted == [flt.to_lance()] * 2
+        assert counted == [flt.to_lance(), None] * 2
         assert got.vector[0].chunk_id == last.chunk_id
+    finally:
+        await store.close()
+
+
+async def test_a_filter_naming_every_base_searches_unfiltered_but_returns_only_them(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the bases hold every row of the space the legs run without a prefilter; a row of
+    another base that lands between the count and the search is still never returned."""
+    rng = np.random.default_rng(9)
+    vecs, rows = corpus(rng)
+    store = LanceDBStore(str(tmp_path / "lance"))
+    await store.open()
+    try:
+        await store.ensure_space("all", DIM)
+        await store.add("all", rows)
+        await store.maintain("all")
+        every = StoreFilter(("kb0", "kb1", "kb2", "kb3"))
+        q = vecs[17]
+        got = await store.search("all", q.tolist(), "chunk 17", every, 10)
+        assert got.vector[0].chunk_id == "c17"
+        assert got.text[0].chunk_id == "c17"
+
+        intruder = dataclasses.replace(rows[17], chunk_id="x", pipeline_id="kb9")
+        await store.add("all", [intruder])  # the best match for q, in another base
+
+        async def stale(space: str, table: Any, where: str | None) -> int:
+            return N  # as counted before the intruder's write
+
+        monkeypatch.setattr(store, "_count_admitted", stale)
+        got = await store.search("all", q.tolist(), "chunk 17", every, 10)
+        assert {h.pipeline_id for h in (*got.vector, *got.text)} <= set(every.pipeline_ids)
+        assert got.vector[0].chunk_id == "c17"
     finally:
         await store.close()

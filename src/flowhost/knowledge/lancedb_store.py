@@ -260,12 +260,11 @@ class LanceDBStore:
         return self._indexed[space]
 
     async def _vector_leg(
-        self, space: str, table: Any, query: Any, flt: StoreFilter, where: str
+        self, space: str, table: Any, query: Any, flt: StoreFilter, admitted: int
     ) -> Any:
         partitions, rows = await self._ivf(space, table)
         if not partitions:
             return await query.bypass_vector_index().to_arrow()
-        admitted = await self._count_admitted(space, table, where)
         nprobes = nprobes_for(partitions, admitted, rows)
         if flt.file_ids is not None and admitted <= FILE_FLAT_ROWS:
             query = query.bypass_vector_index()  # a few files: always exact
@@ -275,11 +274,11 @@ class LanceDBStore:
             query = query.nprobes(nprobes or MAX_PARTITIONS)
         return await query.to_arrow()
 
-    async def _count_admitted(self, space: str, table: Any, where: str) -> int:
-        """Rows ``where`` admits, counted once per table version (a version check costs
-        ~0.1 ms, counting through the scalar indexes ~1 ms)."""
+    async def _count_admitted(self, space: str, table: Any, where: str | None) -> int:
+        """Rows ``where`` admits (None: all), counted once per table version (a version
+        check costs ~0.1 ms, counting through the scalar indexes ~1 ms)."""
         version = int(await table.version())
-        key = (space, where)
+        key = (space, where or "")
         known = self._admitted.get(key)
         if known is not None and known[0] == version:
             return known[1]
@@ -320,30 +319,29 @@ class LanceDBStore:
         from lancedb.query import MatchQuery
 
         table = await self._table(space)
-        where = flt.to_lance()
+        where: str | None = flt.to_lance()
+        admitted = await self._count_admitted(space, table, where)
+        # Bases only, and they hold every row of the space: the legs need no filter (a
+        # prefilter over every row costs ~1 ms); a row of another base written meanwhile is
+        # dropped when read back.
+        everything = not flt.is_scoped and admitted == await self._count_admitted(
+            space, table, None
+        )
+        if everything:
+            where = None
         query_vec = np.asarray(vector, dtype=np.float32)
         fts: asyncio.Future[Any] | None = None
         if text.strip() and await self._has_fts(space, table):
-            tq = (
-                table.query()
-                .nearest_to_text(cast(Any, MatchQuery)(text, "text"))
-                .where(where)
-                .select(["_score"])
-                .with_row_id()
-                .limit(limit)
-            )
-            fts = asyncio.ensure_future(tq.to_arrow())
+            tq = table.query().nearest_to_text(cast(Any, MatchQuery)(text, "text"))
+            if where is not None:
+                tq = tq.where(where)
+            fts = asyncio.ensure_future(tq.select(["_score"]).with_row_id().limit(limit).to_arrow())
         try:
-            vq = (
-                table.query()
-                .nearest_to(query_vec)
-                .distance_type("cosine")
-                .where(where)
-                .select(["_distance"])
-                .with_row_id()
-                .limit(limit)
-            )
-            vres = await self._vector_leg(space, table, vq, flt, where)
+            vq = table.query().nearest_to(query_vec).distance_type("cosine")
+            if where is not None:
+                vq = vq.where(where)
+            vq = vq.select(["_distance"]).with_row_id().limit(limit)
+            vres = await self._vector_leg(space, table, vq, flt, admitted)
             tres = await fts if fts is not None else None
         finally:
             if fts is not None and not fts.done():
@@ -374,8 +372,10 @@ class LanceDBStore:
             sims = dict(
                 zip(rows.column("_rowid").to_pylist(), (vecs @ query_vec).tolist(), strict=True)
             )
+        bases = set(flt.pipeline_ids)
         for row in rows.to_pylist():
-            by_id[row["_rowid"]] = row
+            if row["pipeline_id"] in bases:
+                by_id[row["_rowid"]] = row
         out = SearchResult()
         for rank, (rid, dist) in enumerate(zip(vids, dists, strict=True)):
             if rid in by_id:
