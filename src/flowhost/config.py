@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     kb_bootstrap: bool = Field(
         True, description="at start, build the bases declared in the flows' knowledge.yaml"
     )
+    kb_ingest_jobs: int = Field(
+        4, ge=1, le=64, description="indexing jobs a process runs at once (one per document)"
+    )
 
     # tracing (flowhost.tracing): spans per run and node, OTLP export via OTEL_EXPORTER_OTLP_*
     enable_tracing: bool = Field(True, description="record a trace of every run")

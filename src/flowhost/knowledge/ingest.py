@@ -6,13 +6,17 @@ failed with the reason and removes the file's partial chunks; the base stays usa
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from flowhost.exceptions import NotFound
 from flowhost.knowledge.chunking import chunk_sections
 from flowhost.knowledge.filters import meta_label, structured_label, tag_label
 from flowhost.knowledge.parsing import ParseError, parse_document, parse_table
@@ -22,10 +26,11 @@ from flowhost.knowledge.vectorstore import MAX_LABELS, ChunkRow
 if TYPE_CHECKING:
     from flowhost.knowledge.service import KnowledgeService
 
-__all__ = ["WRITE_ROWS", "Unit", "run_job", "units_of"]
+__all__ = ["PROGRESS_S", "WRITE_ROWS", "Unit", "run_job", "units_of"]
 
 log = logging.getLogger("flowhost.knowledge")
-WRITE_ROWS = 2048
+WRITE_ROWS = 2048  # chunks a vector-store write takes at most
+PROGRESS_S = 1.0  # a running job writes its progress at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +77,13 @@ def _reason(exc: BaseException) -> str:
 
 
 async def run_job(svc: KnowledgeService, job: Job) -> None:
-    """Index the job's document. Records success or failure; raises only on cancellation."""
+    """Index the job's document. Records success or failure; raises only on cancellation.
+
+    ``job`` comes from ``claim_next``, which marked it and its document running.
+    """
     repo = svc.repo
     try:
-        doc = await repo.get_document(job.file_id)
-        base = await repo.get_base(doc.pipeline_id)
+        doc, base, content, may_have_chunks = await repo.job_inputs(job)
     except Exception as exc:  # the document or base was deleted meanwhile
         await repo.update_job(
             job.job_id, status="failed", error=_reason(exc), finished_at=utcnow(), lease_until=None
@@ -84,25 +91,18 @@ async def run_job(svc: KnowledgeService, job: Job) -> None:
         return
     space = base.space
     try:
-        await repo.set_document(doc.file_id, status="running", error=None)
-        content = await repo.get_blob(doc.file_id)
+        if content is None:
+            raise NotFound(f"the content of document {doc.file_id!r} is gone")
         embedder = await svc.embedder_for(base)
         units, columns = await anyio.to_thread.run_sync(units_of, base, doc, content)
         if columns:
             await repo.extend_base_keys(base.pipeline_id, columns=columns)
-        await repo.update_job(job.job_id, total=len(units))
         await svc.vectors.ensure_space(space, base.embedding.dim)
-        await svc.vectors.delete(space, base.pipeline_id, doc.file_id)
+        if may_have_chunks:  # a rerun, or a reindex: start from no chunks
+            await svc.vectors.delete(space, base.pipeline_id, doc.file_id)
         await _embed_and_write(svc, base, doc, job, units, embedder)
         svc.mark_dirty(space)  # indexes are refreshed once the queue is empty
-        await repo.set_document(doc.file_id, status="completed", chunk_count=len(units))
-        await repo.update_job(
-            job.job_id,
-            status="completed",
-            progress=len(units),
-            finished_at=utcnow(),
-            lease_until=None,
-        )
+        await repo.end_job(job.job_id, doc.file_id, chunks=len(units))
         log.info("indexed %s (%s): %d chunks", doc.name, doc.file_id, len(units))
     except anyio.get_cancelled_exc_class():
         raise
@@ -113,10 +113,7 @@ async def run_job(svc: KnowledgeService, job: Job) -> None:
             await svc.vectors.delete(space, base.pipeline_id, doc.file_id)
         except Exception:
             log.exception("cannot remove the partial chunks of %s", doc.file_id)
-        await repo.set_document(doc.file_id, status="failed", error=reason, chunk_count=0)
-        await repo.update_job(
-            job.job_id, status="failed", error=reason, finished_at=utcnow(), lease_until=None
-        )
+        await repo.end_job(job.job_id, doc.file_id, chunks=0, error=reason)
 
 
 async def _embed_and_write(
@@ -127,36 +124,66 @@ async def _embed_and_write(
     units: Sequence[Unit],
     embedder: Any,
 ) -> None:
+    """Embed ``units`` in batches, several at once (the embedder's ``parallel``), writing rows
+    ``WRITE_ROWS`` at a time while the next batches embed. Progress (with the total) is
+    written at most every ``PROGRESS_S`` seconds; the job's end records the rest."""
     batch = svc.settings.embedding_batch_size
+    starts = iter(range(0, len(units), batch))
+    embedding: deque[tuple[int, asyncio.Task[Any]]] = deque()
+
+    def launch() -> None:
+        start = next(starts, None)
+        if start is not None:
+            texts = [u.embed_text for u in units[start : start + batch]]
+            embedding.append((start, asyncio.ensure_future(embedder.embed(texts))))
+
+    writing: asyncio.Task[None] | None = None
     pending: list[ChunkRow] = []
-    done = 0
-    for start in range(0, len(units), batch):
-        part = units[start : start + batch]
-        vectors = await embedder.embed([u.embed_text for u in part])
-        if vectors.shape[1] != base.embedding.dim:
-            raise ValueError(
-                f"embedding model {base.embedding.model!r} returned {vectors.shape[1]}-d "
-                f"vectors; the knowledge base holds {base.embedding.dim}-d vectors"
-            )
-        for i, (unit, vec) in enumerate(zip(part, vectors, strict=True)):
-            pending.append(
-                ChunkRow(
-                    chunk_id=f"{doc.file_id}_{start + i}",
-                    pipeline_id=base.pipeline_id,
-                    file_id=doc.file_id,
-                    doc_name=doc.name,
-                    title=unit.title,
-                    text=unit.text,
-                    position=start + i,
-                    labels=unit.labels,
-                    meta=unit.meta,
-                    vector=vec,
+    reported = time.monotonic()
+    try:
+        for _ in range(max(1, int(getattr(embedder, "parallel", 1)))):
+            launch()
+        while embedding:
+            start, task = embedding.popleft()
+            vectors = await task
+            launch()
+            if vectors.shape[1] != base.embedding.dim:
+                raise ValueError(
+                    f"embedding model {base.embedding.model!r} returned {vectors.shape[1]}-d "
+                    f"vectors; the knowledge base holds {base.embedding.dim}-d vectors"
                 )
-            )
-        done += len(part)
-        if len(pending) >= WRITE_ROWS:
-            await svc.vectors.add(base.space, pending)
-            pending = []
-            await svc.repo.update_job(job.job_id, progress=done)
-    if pending:
-        await svc.vectors.add(base.space, pending)
+            part = units[start : start + batch]
+            for i, (unit, vec) in enumerate(zip(part, vectors, strict=True)):
+                pending.append(
+                    ChunkRow(
+                        chunk_id=f"{doc.file_id}_{start + i}",
+                        pipeline_id=base.pipeline_id,
+                        file_id=doc.file_id,
+                        doc_name=doc.name,
+                        title=unit.title,
+                        text=unit.text,
+                        position=start + i,
+                        labels=unit.labels,
+                        meta=unit.meta,
+                        vector=vec,
+                    )
+                )
+            if len(pending) >= WRITE_ROWS or not embedding:
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(svc.vectors.add(base.space, pending))
+                pending = []
+            if embedding and time.monotonic() - reported >= PROGRESS_S:
+                reported = time.monotonic()
+                done = start + len(part)
+                await svc.repo.update_job(job.job_id, progress=done, total=len(units))
+        if writing is not None:
+            await writing
+            writing = None
+    finally:
+        # On a failure: stop the embeddings ahead, and let a write in flight end, so that
+        # removing the partial chunks afterwards removes all of them.
+        for _, t in embedding:
+            t.cancel()
+        leftovers = [t for _, t in embedding] + ([writing] if writing is not None else [])
+        await asyncio.gather(*leftovers, return_exceptions=True)

@@ -1,4 +1,9 @@
-"""The in-process indexing worker: claims persisted jobs one at a time and runs them.
+"""The in-process indexing worker: claims persisted jobs and runs up to ``concurrency`` at once.
+
+Running several jobs keeps the embedder busy while other jobs read, parse and write. Two jobs
+of the same document never overlap: a job is claimed only while no other job of its file is
+running (``KnowledgeRepository.claim_next``), in this process or, through the database, in
+another.
 
 Jobs live in SQL (``flowhost_kb_job_<service>``), so nothing is lost on a restart: a job that
 was running when its process died keeps a lease that expires after ``LEASE``; the next sweep
@@ -36,14 +41,19 @@ class JobWorker:
         *,
         idle: Callable[[], Awaitable[None]] | None = None,
         poll_s: float = POLL_S,
+        concurrency: int = 1,
     ) -> None:
         self._repo = repo
         self._run = run
         self._idle = idle
         self._poll_s = poll_s
+        self._concurrency = max(1, concurrency)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._busy = False
+        self._running: set[asyncio.Task[None]] = set()
+        self._maintaining = False
+        self._not_busy = asyncio.Event()
+        self._not_busy.set()
         self._last_sweep = 0.0
 
     def start(self) -> None:
@@ -56,7 +66,24 @@ class JobWorker:
 
     @property
     def busy(self) -> bool:
-        return self._busy
+        """A job is running or the indexes are being refreshed."""
+        return bool(self._running) or self._maintaining
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    async def wait_not_busy(self, limit_s: float) -> None:
+        """Return once no job runs and the indexes are not being refreshed, or after
+        ``limit_s`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._not_busy.wait(), limit_s)
+
+    def _update_busy(self) -> None:
+        if self.busy:
+            self._not_busy.clear()
+        else:
+            self._not_busy.set()
 
     async def close(self) -> None:
         task, self._task = self._task, None
@@ -66,37 +93,63 @@ class JobWorker:
                 await task
 
     async def _loop(self) -> None:
-        while True:
-            try:
-                if time.monotonic() - self._last_sweep > SWEEP_S:
-                    self._last_sweep = time.monotonic()
-                    if await self._repo.requeue_expired():
-                        log.info("requeued indexing jobs whose worker stopped")
-                job = await self._repo.claim_next(LEASE)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("the knowledge job worker cannot read its jobs")
-                job = None
-            if job is None:
-                if self._idle is not None:
-                    self._busy = True
-                    try:
-                        await self._idle()
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:
-                        log.exception("refreshing the knowledge indexes failed")
-                    finally:
-                        self._busy = False
+        try:
+            while True:
                 self._wake.clear()
+                job = await self._claim() if len(self._running) < self._concurrency else None
+                if job is not None:
+                    task = asyncio.create_task(self._execute(job), name=f"kb-job-{job.job_id}")
+                    self._running.add(task)
+                    self._update_busy()
+                    task.add_done_callback(self._finished)
+                    continue
+                if not self._running and self._idle is not None:
+                    await self._maintain()
+                    if self._wake.is_set():
+                        continue
+                # Woken by a new job, a finished one, or the poll (other processes' jobs).
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll_s)
-                continue
-            await self._execute(job)
+        finally:
+            running, self._running = list(self._running), set()
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            self._update_busy()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._update_busy()
+        self._wake.set()
+
+    async def _claim(self) -> Job | None:
+        try:
+            if time.monotonic() - self._last_sweep > SWEEP_S:
+                self._last_sweep = time.monotonic()
+                if await self._repo.requeue_expired():
+                    log.info("requeued indexing jobs whose worker stopped")
+            return await self._repo.claim_next(LEASE)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the knowledge job worker cannot read its jobs")
+            return None
+
+    async def _maintain(self) -> None:
+        assert self._idle is not None
+        self._maintaining = True
+        self._update_busy()
+        try:
+            await self._idle()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("refreshing the knowledge indexes failed")
+        finally:
+            self._maintaining = False
+            self._update_busy()
 
     async def _execute(self, job: Job) -> None:
-        self._busy = True
         heartbeat = asyncio.create_task(self._heartbeat(job.job_id))
         try:
             await self._run(job)
@@ -112,7 +165,6 @@ class JobWorker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            self._busy = False
 
     async def _heartbeat(self, job_id: str) -> None:
         while True:

@@ -344,36 +344,107 @@ class KnowledgeRepository:
         return [_job(r) for r in rows]
 
     async def claim_next(self, lease: timedelta) -> Job | None:
-        """Take the oldest pending job (status running, leased), or None."""
+        """Take the oldest pending job (status running, leased; its document running), or None.
+
+        A job whose file has another job running is left pending: two jobs of one document
+        never overlap (their chunk writes and deletes would mix).
+        """
         j = self.t.job
+        other = j.alias("other")
+        busy_file = (
+            select(other.c.job_id)
+            .where(other.c.file_id == j.c.file_id, other.c.status == "running")
+            .exists()
+        )
         for _ in range(5):
             async with self._reading() as conn:
-                job_id = (
-                    await conn.execute(
-                        select(j.c.job_id)
-                        .where(j.c.status == "pending")
-                        .order_by(j.c.created_at, j.c.job_id)
-                        .limit(1)
+                row = (
+                    (
+                        await conn.execute(
+                            select(j)
+                            .where(j.c.status == "pending", ~busy_file)
+                            .order_by(j.c.created_at, j.c.job_id)
+                            .limit(1)
+                        )
                     )
-                ).scalar_one_or_none()
-            if job_id is None:
+                    .mappings()
+                    .first()
+                )
+            if row is None:
                 return None
             now = utcnow()
+            claimed = {
+                "status": "running",
+                "started_at": now,
+                "lease_until": now + lease,
+                "attempts": row["attempts"] + 1,
+                "error": None,
+            }
             async with self._writing() as conn:
                 result = await conn.execute(
                     update(j)
-                    .where(j.c.job_id == job_id, j.c.status == "pending")
-                    .values(
-                        status="running",
-                        started_at=now,
-                        lease_until=now + lease,
-                        attempts=j.c.attempts + 1,
-                        error=None,
-                    )
+                    .where(j.c.job_id == row["job_id"], j.c.status == "pending")
+                    .values(**claimed)
                 )
+                if result.rowcount == 1:
+                    await conn.execute(
+                        update(self.t.doc)
+                        .where(self.t.doc.c.file_id == row["file_id"])
+                        .values(status="running", error=None, updated_at=now)
+                    )
             if result.rowcount == 1:
-                return await self.get_job(job_id)
+                return _job({**row, **claimed})
         return None
+
+    async def job_inputs(self, job: Job) -> tuple[Document, KnowledgeBase, bytes | None, bool]:
+        """What a job reads, in one go: its document, base and content (None: gone), and
+        whether the file may have chunks already (False only for the first attempt of the
+        document's only job: nothing can have written them). NotFound: no document or base."""
+        d, b, blob, j = self.t.doc, self.t.base, self.t.blob, self.t.job
+        async with self._reading() as conn:
+            drow = (
+                (await conn.execute(select(d).where(d.c.file_id == job.file_id))).mappings().first()
+            )
+            if drow is None:
+                raise NotFound(f"document {job.file_id!r} not found")
+            brow = (
+                (await conn.execute(select(b).where(b.c.pipeline_id == drow["pipeline_id"])))
+                .mappings()
+                .first()
+            )
+            if brow is None:
+                raise NotFound(f"knowledge base {drow['pipeline_id']!r} not found")
+            content = (
+                await conn.execute(select(blob.c.content).where(blob.c.file_id == job.file_id))
+            ).scalar_one_or_none()
+            jobs = (
+                await conn.execute(select(func.count()).where(j.c.file_id == job.file_id))
+            ).scalar_one()
+        may_have_chunks = job.attempts > 1 or int(jobs) > 1
+        return _doc(drow), _base(brow), None if content is None else bytes(content), may_have_chunks
+
+    async def end_job(
+        self, job_id: str, file_id: str, *, chunks: int, error: str | None = None
+    ) -> None:
+        """Record a job's end and its document's state together: completed with ``chunks``
+        (progress = total = chunks), or failed with ``error``."""
+        now = utcnow()
+        job: dict[str, Any] = {"finished_at": now, "lease_until": None}
+        if error is None:
+            job.update(status="completed", progress=chunks, total=chunks)
+            doc: dict[str, Any] = {"status": "completed", "chunk_count": chunks, "error": None}
+        else:
+            job.update(status="failed", error=error)
+            doc = {"status": "failed", "chunk_count": 0, "error": error}
+        async with self._writing() as conn:
+            await conn.execute(
+                update(self.t.doc)
+                .where(self.t.doc.c.file_id == file_id)
+                .values(**doc, updated_at=now)
+            )
+            await conn.execute(
+                update(self.t.job).where(self.t.job.c.job_id == job_id).values(**job)
+            )
 
     async def update_job(self, job_id: str, **values: Any) -> None:
         j = self.t.job

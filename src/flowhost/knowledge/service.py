@@ -55,7 +55,9 @@ class KnowledgeService:
         self.vectors: VectorStore = self._make_vector_store(settings)
         self._embedders: dict[tuple[str | None, str], Embedder] = {}
         self._connections: ConnectionRegistry | None = None
-        self._worker = JobWorker(self.repo, self._run_job, idle=self.maintain)
+        self._worker = JobWorker(
+            self.repo, self._run_job, idle=self.maintain, concurrency=settings.kb_ingest_jobs
+        )
         self._dirty: set[str] = set()
         self._started = False
 
@@ -131,10 +133,14 @@ class KnowledgeService:
         """Wait until no job is pending or running (tests, bootstrap). Raises TimeoutError."""
         deadline = time.monotonic() + limit_s
         self._worker.notify()
-        while await self.repo.pending_count() or self._worker.busy or self._dirty:
-            if time.monotonic() > deadline:
+        while self._worker.busy or self._dirty or await self.repo.pending_count():
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise TimeoutError("knowledge jobs still running")
-            await asyncio.sleep(0.05)
+            if self._worker.busy:  # woken when it is not: no polling meanwhile
+                await self._worker.wait_not_busy(min(left, 1.0))
+            else:
+                await asyncio.sleep(min(left, 0.05))
 
     # --- embeddings --------------------------------------------------------------------------
     def _registry(self) -> ConnectionRegistry:

@@ -1,0 +1,202 @@
+"""Indexing jobs: several at once, never two of one document, reruns, failures, progress."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+
+from flowhost.config import Settings
+from flowhost.knowledge import KnowledgeService, ingest
+from flowhost.knowledge.filters import StoreFilter
+from flowhost.knowledge.jobs import JobWorker
+from flowhost.knowledge.records import Job, utcnow
+from flowhost.knowledge.vectorstore import ChunkRow
+from flowhost.store import Store
+
+pytestmark = pytest.mark.anyio
+
+TEXT = "Kettles boil water. " * 200  # several chunks of 200 characters
+
+
+async def test_the_worker_runs_jobs_at_once_but_one_per_document(
+    kb_settings: Settings, store: Store
+) -> None:
+    svc = KnowledgeService(kb_settings, store)
+    await svc.start(worker=False)
+    try:
+        base = await svc.create_base("b")
+        files = []
+        for i in range(3):
+            doc, _, _ = await svc.add_document(base.pipeline_id, f"d{i}.txt", f"doc {i}".encode())
+            files.append(doc.file_id)
+        again = await svc.reindex_document(files[0])
+
+        started: asyncio.Queue[Job] = asyncio.Queue()
+        release = asyncio.Event()
+
+        async def run(job: Job) -> None:
+            await started.put(job)
+            await release.wait()
+            await svc.repo.end_job(job.job_id, job.file_id, chunks=1)
+
+        worker = JobWorker(svc.repo, run, concurrency=4)
+        worker.start()
+        try:
+            running = [await started.get() for _ in range(3)]
+            assert sorted(j.file_id for j in running) == sorted(files)
+            assert worker.running == 3  # the reindex of files[0] waits for its first job
+            assert (await svc.get_job(again.job_id)).status == "pending"
+            release.set()
+            rerun = await started.get()
+            assert rerun.job_id == again.job_id
+            await worker.wait_not_busy(30)
+            assert not worker.busy
+            assert await svc.repo.pending_count() == 0
+        finally:
+            await worker.close()
+    finally:
+        await svc.close()
+
+
+async def _chunks(svc: KnowledgeService, space: str, pid: str, file_id: str) -> int:
+    return await svc.vectors.count(space, StoreFilter((pid,), (file_id,)))
+
+
+async def test_a_rerun_replaces_what_its_first_attempt_wrote(
+    kb_settings: Settings, store: Store
+) -> None:
+    first = KnowledgeService(kb_settings, store)
+    await first.start(worker=False)
+    base = await first.create_base("b")
+    doc, job, _ = await first.add_document(base.pipeline_id, "a.txt", TEXT.encode())
+    assert job is not None
+    # a worker claimed the job, wrote a stray chunk and died
+    claimed = await first.repo.claim_next(timedelta(seconds=60))
+    assert claimed is not None
+    await first.vectors.ensure_space(base.space, base.embedding.dim)
+    stray = ChunkRow(
+        chunk_id=f"{doc.file_id}_999",
+        pipeline_id=base.pipeline_id,
+        file_id=doc.file_id,
+        doc_name="a.txt",
+        title="",
+        text="stray",
+        position=999,
+        labels=(),
+        meta={},
+        vector=np.ones(base.embedding.dim, dtype=np.float32),
+    )
+    await first.vectors.add(base.space, [stray])
+    await first.close()
+    await first.repo.update_job(job.job_id, lease_until=utcnow() - timedelta(1))
+    second = KnowledgeService(kb_settings, store)
+    await second.start()
+    try:
+        await second.wait_idle()
+        done = await second.get_job(job.job_id)
+        assert (done.status, done.attempts) == ("completed", 2)
+        indexed = await second.get_document(doc.file_id)
+        assert indexed.chunk_count > 1
+        count = await _chunks(second, base.space, base.pipeline_id, doc.file_id)
+        assert count == indexed.chunk_count
+    finally:
+        await second.close()
+
+
+class FailingEmbedder:
+    """Wraps an embedder; its ``fail_on``-th call raises."""
+
+    def __init__(self, inner: Any, fail_on: int) -> None:
+        self.inner = inner
+        self.model = inner.model
+        self.connection = inner.connection
+        self.parallel = 1
+        self.calls = 0
+        self.fail_on = fail_on
+
+    async def dim(self) -> int:
+        return int(await self.inner.dim())
+
+    async def embed(self, texts: Sequence[str]) -> Any:
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise RuntimeError("embedding endpoint down")
+        return await self.inner.embed(texts)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_failure_after_some_writes_removes_the_documents_chunks(
+    kb_settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = kb_settings.model_copy(update={"embedding_batch_size": 2})
+    svc = KnowledgeService(settings, store)
+    await svc.start()
+    try:
+        base = await svc.create_base("b")
+        inner = await svc.embedder_for(base)
+        failing = FailingEmbedder(inner, fail_on=4)
+
+        async def embedder_for(_: Any) -> Any:
+            return failing
+
+        monkeypatch.setattr(svc, "embedder_for", embedder_for)
+        monkeypatch.setattr(ingest, "WRITE_ROWS", 2)  # a write after every batch
+        doc, job, _ = await svc.add_document(base.pipeline_id, "a.txt", TEXT.encode())
+        assert job is not None
+        await svc.wait_idle()
+        failed = await svc.get_job(job.job_id)
+        assert failed.status == "failed"
+        assert failed.error == "RuntimeError: embedding endpoint down"
+        assert failing.calls >= 4
+        assert (await svc.get_document(doc.file_id)).status == "failed"
+        assert await _chunks(svc, base.space, base.pipeline_id, doc.file_id) == 0
+        # the base stays usable
+        monkeypatch.setattr(svc, "embedder_for", lambda b: _same(inner))
+        ok, _, _ = await svc.add_document(base.pipeline_id, "b.txt", b"Kettles whistle.")
+        await svc.wait_idle()
+        assert (await svc.get_document(ok.file_id)).status == "completed"
+    finally:
+        await svc.close()
+
+
+async def _same(embedder: Any) -> Any:
+    return embedder
+
+
+async def test_progress_and_total_are_written_while_a_job_runs(
+    kb_settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = kb_settings.model_copy(update={"embedding_batch_size": 2})
+    svc = KnowledgeService(settings, store)
+    await svc.start()
+    try:
+        monkeypatch.setattr(ingest, "PROGRESS_S", 0.0)  # every batch
+        reported: list[dict[str, Any]] = []
+        update_job = svc.repo.update_job
+
+        async def record(job_id: str, **values: Any) -> None:
+            reported.append(values)
+            await update_job(job_id, **values)
+
+        monkeypatch.setattr(svc.repo, "update_job", record)
+        base = await svc.create_base("b")
+        doc, job, _ = await svc.add_document(base.pipeline_id, "a.txt", TEXT.encode())
+        assert job is not None
+        await svc.wait_idle()
+        done = await svc.get_job(job.job_id)
+        chunks = (await svc.get_document(doc.file_id)).chunk_count
+        assert (done.status, done.progress, done.total) == ("completed", chunks, chunks)
+        progress = [r["progress"] for r in reported if "progress" in r]
+        assert progress
+        assert progress == sorted(progress)
+        assert all(0 < p < chunks for p in progress)
+        assert {r["total"] for r in reported if "progress" in r} == {chunks}
+    finally:
+        await svc.close()
