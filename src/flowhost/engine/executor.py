@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -78,13 +77,16 @@ def _lookup(value: Any, path: tuple[str, ...], ref: Reference) -> Any:
 
 
 class _Channel:
-    """The node tasks' events, in order, for the one consumer (``execute``): a deque and at most
-    one waiting future, where an ``asyncio.Queue`` keeps four deques and an event per run."""
+    """The node tasks' events, in order, for the one consumer (``execute``): a list read from
+    ``_head`` and emptied whenever it is drained, and at most one waiting future. An
+    ``asyncio.Queue`` keeps four deques and an event per run, and one deque alone holds a
+    64-slot block (~0.6 KB for each open stream)."""
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_head", "_items", "_waiter")
 
     def __init__(self) -> None:
-        self._items: deque[RunEvent | _Failed] = deque()
+        self._items: list[RunEvent | _Failed] = []
+        self._head = 0
         self._waiter: asyncio.Future[None] | None = None
 
     def put_nowait(self, item: RunEvent | _Failed) -> None:
@@ -94,13 +96,18 @@ class _Channel:
             waiter.set_result(None)
 
     async def get(self) -> RunEvent | _Failed:
-        while not self._items:
+        while self._head == len(self._items):
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._items.popleft()
+        item = self._items[self._head]
+        self._head += 1
+        if self._head == len(self._items):
+            self._items.clear()
+            self._head = 0
+        return item
 
 
 class _Failed:

@@ -71,10 +71,12 @@ class _Endpoint:
 
     def __init__(self, sdk: openai.AsyncOpenAI, conn: Connection, headers: dict[str, str]) -> None:
         import aiohttp
+        from multidict import CIMultiDict, CIMultiDictProxy
 
         self.sdk = sdk
         self.url = f"{str(sdk.base_url).rstrip('/')}/chat/completions"
-        self.headers = headers
+        # a multidict as aiohttp keeps them: not copied into a new one for every request
+        self.headers = CIMultiDictProxy(CIMultiDict(headers))
         t = conn.timeout
         # the SDK's aiohttp transport maps its httpx2 timeout (connect/read/pool) the same way
         self.timeout = aiohttp.ClientTimeout(sock_connect=t, sock_read=t, connect=t)
