@@ -161,3 +161,64 @@ async def test_migrations_match_the_schema_module(open_store: OpenStore) -> None
     async with store.engine.connect() as conn:
         diff = await conn.run_sync(_diff, store.service)
     assert diff == []
+
+
+def _sqlite_schema(path: Path) -> list[tuple[str, str, str]]:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"
+        ).fetchall()
+    return [(kind, name, " ".join(sql.split())) for kind, name, sql in rows]
+
+
+async def test_a_new_sqlite_database_is_built_as_the_migrations_build_it(tmp_path: Path) -> None:
+    """An empty SQLite database gets the newest schema from the code and the packaged heads,
+    without Alembic: the same tables, indexes and version rows as replaying every revision,
+    and Alembic then finds it current."""
+
+    from flowhost.store.engine import create_store_engine, normalize_url
+    from flowhost.store.migrate import _run_alembic, packaged_heads, prepare_sqlite
+
+    fast_dir, replayed_dir = tmp_path / "fast", tmp_path / "replayed"
+    store = await Store.open(None, data_dir=fast_dir, service="same")
+    await store.close()
+
+    url = normalize_url(f"sqlite+aiosqlite:///{replayed_dir / 'flowhost.db'}")
+    prepare_sqlite(url)
+    engine = create_store_engine(url)
+    config = alembic_config(service_names("same"))
+    try:
+        async with engine.connect() as conn:
+            await conn.run_sync(_run_alembic, config)
+            await conn.commit()
+    finally:
+        await engine.dispose()
+
+    fast = _sqlite_schema(fast_dir / "flowhost.db")
+    assert fast == _sqlite_schema(replayed_dir / "flowhost.db")
+    assert {name for kind, name, _ in fast if kind == "table"} >= {
+        "flowhost_chat_session_same",
+        "flowhost_trace_run_same",
+        "flowhost_kb_doc_same",
+        "flowhost_memory_same",
+        "flowhost_alembic_same",
+    }
+
+    engine = create_store_engine(normalize_url(f"sqlite+aiosqlite:///{fast_dir / 'flowhost.db'}"))
+    try:
+        async with engine.connect() as conn:
+
+            def heads(c: Connection) -> set[str]:
+                context = MigrationContext.configure(
+                    c, opts={"version_table": service_names("same").version_table}
+                )
+                return set(context.get_current_heads())
+
+            assert await conn.run_sync(heads) == packaged_heads()
+            await conn.run_sync(_run_alembic, config)  # nothing to do: no error, no change
+            await conn.commit()
+    finally:
+        await engine.dispose()
+    assert _sqlite_schema(fast_dir / "flowhost.db") == fast
