@@ -288,3 +288,21 @@ async def test_a_filter_naming_every_base_searches_unfiltered_but_returns_only_t
         assert got.vector[0].chunk_id == "c17"
     finally:
         await store.close()
+
+
+async def test_lancedb_computes_on_every_cpu_unless_told_otherwise(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On 1-2 CPUs LanceDB would compute on one thread (a search's two legs in turn)."""
+    import os
+
+    monkeypatch.delenv("LANCE_CPU_THREADS", raising=False)
+    store = LanceDBStore(str(tmp_path / "lance"))
+    await store.open()
+    await store.close()
+    assert os.environ["LANCE_CPU_THREADS"] == str(max(2, len(os.sched_getaffinity(0))))
+    monkeypatch.setenv("LANCE_CPU_THREADS", "3")
+    store = LanceDBStore(str(tmp_path / "lance"))
+    await store.open()
+    await store.close()
+    assert os.environ["LANCE_CPU_THREADS"] == "3"

@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, cast
@@ -83,6 +84,15 @@ def _schema(dim: int) -> pa.Schema:
             pa.field("vector", pa.list_(pa.float32(), dim)),
         ]
     )
+
+
+def _use_every_cpu() -> None:
+    """Let LanceDB compute on every CPU this process may use (unless ``LANCE_CPU_THREADS`` is
+    set). LanceDB keeps two cores for I/O and computes on the rest, and on one or two CPUs it
+    computes on a single thread: a search's vector and full-text legs then run one after the
+    other (2 CPUs here: the pair took the sum of both, 9 ms instead of 5.5)."""
+    if "LANCE_CPU_THREADS" not in os.environ:
+        os.environ["LANCE_CPU_THREADS"] = str(max(2, len(os.sched_getaffinity(0))))
 
 
 def _partitions_for(rows: int) -> int:
@@ -147,6 +157,7 @@ class LanceDBStore:
         self._warming: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
+        _use_every_cpu()
         import lancedb
 
         if self._db is None:
