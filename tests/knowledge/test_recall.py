@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,24 @@ def corpus(
         for i in range(n)
     ]
     return vecs, rows
+
+
+@contextlib.asynccontextmanager
+async def indexed(
+    tmp_path: Any, space: str, seed: int, count: int = N
+) -> AsyncIterator[tuple[LanceDBStore, np.ndarray[Any, Any], list[ChunkRow]]]:
+    """A store whose ``space`` holds the first ``count`` rows of ``corpus``, maintained
+    (compacted and indexed); yields it with the whole corpus."""
+    vecs, rows = corpus(np.random.default_rng(seed))
+    store = LanceDBStore(str(tmp_path / "lance"))
+    await store.open()
+    try:
+        await store.ensure_space(space, DIM)
+        await store.add(space, rows[:count])
+        await store.maintain(space)
+        yield store, vecs, rows
+    finally:
+        await store.close()
 
 
 SHAPES: dict[str, tuple[StoreFilter, Any]] = {
@@ -168,14 +187,8 @@ async def test_wide_filters_probe_part_of_the_index_narrow_ones_stay_exact(tmp_p
 async def test_reading_only_the_fused_head_gives_the_same_answer(tmp_path: Any) -> None:
     """search(..., keep=k) reads only the rows that can make fuse's top k: same hits, order,
     scores and ranks as fusing the full legs."""
-    rng = np.random.default_rng(11)
-    vecs, rows = corpus(rng)
-    store = LanceDBStore(str(tmp_path / "lance"))
-    await store.open()
-    try:
-        await store.ensure_space("keep", DIM)
-        await store.add("keep", rows)
-        await store.maintain("keep")
+    rng = np.random.default_rng(12)
+    async with indexed(tmp_path, "keep", 11) as (store, vecs, _):
         flt = StoreFilter(("kb0", "kb1", "kb2", "kb3"))
         for i in range(8):
             q = vecs[rng.integers(N)]
@@ -189,8 +202,6 @@ async def test_reading_only_the_fused_head_gives_the_same_answer(tmp_path: Any) 
                 got = [(h.chunk_id, round(h.score, 5)) for h in fuse(part, keep)]
                 assert got == want
                 assert len(part.vector) + len(part.text) < len(full.vector) + len(full.text)
-    finally:
-        await store.close()
 
 
 async def test_maintain_compacts_the_writes_and_indexes_them(tmp_path: Any) -> None:
@@ -227,10 +238,6 @@ async def test_the_admitted_count_is_kept_until_the_table_changes(
     and a write (a new version) makes the next search count again and find the new rows."""
     from lancedb.table import AsyncTable
 
-    rng = np.random.default_rng(3)
-    vecs, rows = corpus(rng)
-    store = LanceDBStore(str(tmp_path / "lance"))
-    await store.open()
     counted: list[str | None] = []
     real = AsyncTable.count_rows
 
@@ -238,10 +245,7 @@ async def test_the_admitted_count_is_kept_until_the_table_changes(
         counted.append(filter)
         return await real(self, filter)
 
-    try:
-        await store.ensure_space("count", DIM)
-        await store.add("count", rows[: N - 3])
-        await store.maintain("count")
+    async with indexed(tmp_path, "count", 3, N - 3) as (store, vecs, rows):
         monkeypatch.setattr(AsyncTable, "count_rows", spy)
         flt = StoreFilter(("kb1",))
         for i in range(3):
@@ -253,8 +257,6 @@ async def test_the_admitted_count_is_kept_until_the_table_changes(
         got = await store.search("count", vecs[N - 3].tolist(), "", flt, 5)
         assert counted == [flt.to_lance(), None] * 2
         assert got.vector[0].chunk_id == last.chunk_id
-    finally:
-        await store.close()
 
 
 async def test_a_filter_naming_every_base_searches_unfiltered_but_returns_only_them(
@@ -262,14 +264,7 @@ async def test_a_filter_naming_every_base_searches_unfiltered_but_returns_only_t
 ) -> None:
     """When the bases hold every row of the space the legs run without a prefilter; a row of
     another base that lands between the count and the search is still never returned."""
-    rng = np.random.default_rng(9)
-    vecs, rows = corpus(rng)
-    store = LanceDBStore(str(tmp_path / "lance"))
-    await store.open()
-    try:
-        await store.ensure_space("all", DIM)
-        await store.add("all", rows)
-        await store.maintain("all")
+    async with indexed(tmp_path, "all", 9) as (store, vecs, rows):
         every = StoreFilter(("kb0", "kb1", "kb2", "kb3"))
         q = vecs[17]
         got = await store.search("all", q.tolist(), "chunk 17", every, 10)
@@ -286,8 +281,6 @@ async def test_a_filter_naming_every_base_searches_unfiltered_but_returns_only_t
         got = await store.search("all", q.tolist(), "chunk 17", every, 10)
         assert {h.pipeline_id for h in (*got.vector, *got.text)} <= set(every.pipeline_ids)
         assert got.vector[0].chunk_id == "c17"
-    finally:
-        await store.close()
 
 
 async def test_lancedb_computes_on_every_cpu_unless_told_otherwise(
