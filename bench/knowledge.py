@@ -12,8 +12,10 @@
    Targets: p50 <= 10 ms and recall@10 >= 0.95 for every shape.
 2. Ingestion: ``--docs`` generated documents through the real service (SQLite catalogue,
    parsing, chunking, the packaged embedding model, LanceDB, indexes), against the same
-   model embedding the same chunk texts directly, measured in the same run.
-   Target: ingestion chunks/s >= 80% of the model's chunks/s.
+   model embedding the same chunk texts directly (synchronously, in batches, in the faster of
+   OpenBLAS's default threads and one thread), measured in the same run. Both are warmed
+   first: the model by one call, the service by one document (which starts its embedding
+   processes). Target: ingestion chunks/s >= 80% of the model's chunks/s.
 
 ``run(...) -> dict`` returns the figures (and ``ok``) for the bench runner.
 """
