@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -91,3 +92,17 @@ async def test_a_service_indexes_through_the_processes(kb_settings: Settings, st
         assert hits[0].file_id == docs[3].file_id
     finally:
         await svc.close()
+
+
+@pytest.mark.parametrize("executable", ["/nonexistent/python", "/bin/true"])
+async def test_without_processes_documents_embed_in_threads(
+    executable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", executable)  # cannot start / exits at once
+    embedder = LocalEmbedder(processes=2)
+    try:
+        got = await embedder.embed_documents(TEXTS[:5])
+        assert np.allclose(got, embedder.embed_sync(TEXTS[:5]), atol=1e-5)
+        assert embedder._pool is None  # threads from now on
+    finally:
+        await embedder.aclose()

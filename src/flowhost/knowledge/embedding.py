@@ -50,6 +50,10 @@ class EmbeddingError(Exception):
     """An embedding call failed (endpoint error, wrong dimension, ...)."""
 
 
+class _NoProcess(EmbeddingError):
+    """An embedding process could not start."""
+
+
 class Embedder(Protocol):
     """Embeds texts into ``dim``-dimensional normalized vectors."""
 
@@ -131,6 +135,8 @@ def _shared_model() -> Any:
 
 
 POOL_IDLE_S = 60.0  # embedding processes without a call for this long stop
+# Embedding processes import this flowhost, wherever this process found it.
+_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class _Process:
@@ -148,7 +154,8 @@ class _Process:
 
     @classmethod
     async def start(cls) -> _Process:
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+        path = os.pathsep.join(p for p in (_SOURCE_ROOT, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": path}
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -165,7 +172,7 @@ class _Process:
             ready = b""
         if ready != b"R":
             await worker.stop()
-            raise EmbeddingError("the embedding process did not start (see its output)")
+            raise _NoProcess("the embedding process did not start (see its output)")
         worker._reader = asyncio.get_running_loop().create_task(worker._read())
         return worker
 
@@ -250,9 +257,15 @@ class _EmbedProcesses:
                 self._procs = live
                 await asyncio.gather(*(p.stop() for p in dead), return_exceptions=True)
                 if len(live) < self.size:
-                    started = await asyncio.gather(
-                        *(_Process.start() for _ in range(self.size - len(live)))
+                    results = await asyncio.gather(
+                        *(_Process.start() for _ in range(self.size - len(live))),
+                        return_exceptions=True,
                     )
+                    started = [r for r in results if isinstance(r, _Process)]
+                    failed = [r for r in results if not isinstance(r, _Process)]
+                    if failed:
+                        await asyncio.gather(*(p.stop() for p in started))
+                        raise failed[0]
                     self._procs.extend(started)
                 live = self._procs
         return min(live, key=lambda p: len(p.pending))
@@ -346,8 +359,8 @@ class LocalEmbedder:
         if self._pool is not None:
             try:
                 return await self._pool.embed(list(texts))
-            except OSError as exc:  # no processes here
-                log.warning("embedding in threads: cannot start processes (%s)", exc)
+            except (OSError, _NoProcess) as exc:  # no processes here: threads, from now on
+                log.warning("embedding documents in threads: no embedding process (%s)", exc)
                 self._pool = None
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.parallel)
