@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from flowhost.config import Settings
-from flowhost.knowledge import KnowledgeService
-from flowhost.knowledge.embedding import LocalEmbedder
+from flowhost.knowledge import KnowledgeService, embedding
+from flowhost.knowledge.embedding import POOL_IDLE_S, LocalEmbedder
 from flowhost.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -104,5 +104,23 @@ async def test_without_processes_documents_embed_in_threads(
         got = await embedder.embed_documents(TEXTS[:5])
         assert np.allclose(got, embedder.embed_sync(TEXTS[:5]), atol=1e-5)
         assert embedder._pool is None  # threads from now on
+    finally:
+        await embedder.aclose()
+
+
+async def test_idle_processes_stop_and_start_again() -> None:
+    embedder = LocalEmbedder(processes=1)
+    try:
+        await embedder.embed_documents(TEXTS[:2])
+        pool = embedder._pool
+        assert pool is not None
+        (first,) = _pids(embedder)
+        pool._last_call -= POOL_IDLE_S + 1  # as if a minute went by without calls
+        pool._check_idle()
+        await asyncio.gather(*embedding._background)
+        assert _pids(embedder) == []
+        got = await embedder.embed_documents(TEXTS[:3])  # starts one again
+        assert np.allclose(got, embedder.embed_sync(TEXTS[:3]), atol=1e-5)
+        assert _pids(embedder) not in ([], [first])
     finally:
         await embedder.aclose()
