@@ -205,7 +205,7 @@ async def _ingestion(docs: int, workdir: Path) -> dict[str, Any]:
         )
         texts.extend(f"{p.title}\n{p.text}" if p.title else p.text for p in pieces)
     # The model alone, synchronously, in its faster BLAS setting: OpenBLAS's default threads
-    # (one per core), as before flowhost ran it single-threaded, or single-threaded.
+    # (one per core) or single-threaded (as indexing runs it, in processes of its own).
     default_threads = blas_threads()
     model = LocalEmbedder()
     model.embed_sync(["warm up"])
@@ -218,7 +218,7 @@ async def _ingestion(docs: int, workdir: Path) -> dict[str, Any]:
         for i in range(0, len(texts), batch):
             model.embed_sync(texts[i : i + batch])
         model_rates[f"blas_threads_{threads}"] = len(texts) / (time.perf_counter() - start)
-    blas_threads(1)  # as LocalEmbedder runs it
+    blas_threads(default_threads)
     model_rate = max(model_rates.values())
 
     store = await Store.open(None, data_dir=settings.data_dir, service="bench")

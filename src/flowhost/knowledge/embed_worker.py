@@ -20,8 +20,9 @@ def main() -> None:
     protocol = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints must not mix with answers
     sys.stdout = sys.stderr
-    from flowhost.knowledge.embedding import _shared_model, normalize_rows
+    from flowhost.knowledge.embedding import _shared_model, blas_threads, normalize_rows
 
+    blas_threads(1)  # one process per CPU (OPENBLAS_NUM_THREADS=1 too)
     model = _shared_model()
     protocol.write(b"R")
     protocol.flush()

