@@ -188,7 +188,7 @@ def _documents(count: int, rng: np.random.Generator) -> list[tuple[str, bytes]]:
 async def _ingestion(docs: int, workdir: Path) -> dict[str, Any]:
     from flowhost.config import Settings
     from flowhost.knowledge.chunking import chunk_sections
-    from flowhost.knowledge.embedding import LocalEmbedder, blas_threads
+    from flowhost.knowledge.embedding import LocalEmbedder, cpus
     from flowhost.knowledge.parsing import parse_document
     from flowhost.knowledge.service import KnowledgeService
     from flowhost.store import Store
@@ -204,21 +204,17 @@ async def _ingestion(docs: int, workdir: Path) -> dict[str, Any]:
             overlap=settings.kb_chunk_overlap,
         )
         texts.extend(f"{p.title}\n{p.text}" if p.title else p.text for p in pieces)
-    # The model alone, synchronously, in its faster BLAS setting: OpenBLAS's default threads
-    # (one per core) or single-threaded (as indexing runs it, in processes of its own).
-    default_threads = blas_threads()
-    model = LocalEmbedder()
-    model.embed_sync(["warm up"])
+    # The model alone, synchronously, in its faster BLAS setting: one thread per CPU, or
+    # single-threaded (as indexing runs it, in processes of its own).
     batch = settings.embedding_batch_size
     model_rates: dict[str, float] = {}
-    for threads in dict.fromkeys([default_threads or 1, 1]):
-        blas_threads(threads)
+    for threads in dict.fromkeys([cpus(), 1]):
+        model = LocalEmbedder(threads=threads)
         model.embed_sync(["warm up"])
         start = time.perf_counter()
         for i in range(0, len(texts), batch):
             model.embed_sync(texts[i : i + batch])
         model_rates[f"blas_threads_{threads}"] = len(texts) / (time.perf_counter() - start)
-    blas_threads(default_threads)
     model_rate = max(model_rates.values())
 
     store = await Store.open(None, data_dir=settings.data_dir, service="bench")

