@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -119,6 +120,30 @@ def start_server(
         server.stop()
         raise RuntimeError(f"server failed to start:\n{server.output()}") from None
     return server
+
+
+def kb_base_values(pipeline_id: str, name: str | None = None) -> dict[str, Any]:
+    """The catalogue row of a small unstructured knowledge base (KnowledgeRepository.create_base)."""
+    return {
+        "pipeline_id": pipeline_id,
+        "name": name or pipeline_id,
+        "description": None,
+        "kind": "unstructured",
+        "embedding_connection": None,
+        "embedding_model": "m",
+        "embedding_dim": 4,
+        "space": "s",
+        "columns": [],
+        "metadata_keys": [],
+        "chunk_size": 100,
+        "chunk_overlap": 10,
+    }
+
+
+@pytest.fixture
+def base_values() -> Callable[..., dict[str, Any]]:
+    """``kb_base_values`` for tests in other folders (tests are not a package)."""
+    return kb_base_values
 
 
 @pytest.fixture

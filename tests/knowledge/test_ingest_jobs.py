@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +22,17 @@ from flowhost.store import Store
 pytestmark = pytest.mark.anyio
 
 TEXT = "Kettles boil water. " * 200  # several chunks of 200 characters
+
+
+@contextlib.asynccontextmanager
+async def small_batches(kb_settings: Settings, store: Store) -> AsyncIterator[KnowledgeService]:
+    """A started service embedding 2 chunks a call, closed afterwards."""
+    svc = KnowledgeService(kb_settings.model_copy(update={"embedding_batch_size": 2}), store)
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.close()
 
 
 async def test_the_worker_runs_jobs_at_once_but_one_per_document(
@@ -135,10 +147,7 @@ class FailingEmbedder:
 async def test_a_failure_after_some_writes_removes_the_documents_chunks(
     kb_settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = kb_settings.model_copy(update={"embedding_batch_size": 2})
-    svc = KnowledgeService(settings, store)
-    await svc.start()
-    try:
+    async with small_batches(kb_settings, store) as svc:
         base = await svc.create_base("b")
         inner = await svc.embedder_for(base)
         failing = FailingEmbedder(inner, fail_on=4)
@@ -162,8 +171,6 @@ async def test_a_failure_after_some_writes_removes_the_documents_chunks(
         ok, _, _ = await svc.add_document(base.pipeline_id, "b.txt", b"Kettles whistle.")
         await svc.wait_idle()
         assert (await svc.get_document(ok.file_id)).status == "completed"
-    finally:
-        await svc.close()
 
 
 async def _same(embedder: Any) -> Any:
@@ -173,10 +180,7 @@ async def _same(embedder: Any) -> Any:
 async def test_progress_and_total_are_written_while_a_job_runs(
     kb_settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = kb_settings.model_copy(update={"embedding_batch_size": 2})
-    svc = KnowledgeService(settings, store)
-    await svc.start()
-    try:
+    async with small_batches(kb_settings, store) as svc:
         monkeypatch.setattr(ingest, "PROGRESS_S", 0.0)  # every batch
         reported: list[dict[str, Any]] = []
         update_job = svc.repo.update_job
@@ -198,5 +202,3 @@ async def test_progress_and_total_are_written_while_a_job_runs(
         assert progress == sorted(progress)
         assert all(0 < p < chunks for p in progress)
         assert {r["total"] for r in reported if "progress" in r} == {chunks}
-    finally:
-        await svc.close()

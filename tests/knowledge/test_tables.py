@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import MetaData, inspect
@@ -35,7 +37,9 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return value
 
 
-async def test_migration_creates_the_tables_the_code_uses(url: str, tmp_path: Path) -> None:
+async def test_migration_creates_the_tables_the_code_uses(
+    url: str, tmp_path: Path, base_values: Callable[..., dict[str, Any]]
+) -> None:
     service = f"kb_{uuid.uuid4().hex[:8]}"
     store = await Store.open(url, data_dir=tmp_path, service=service)
     try:
@@ -53,22 +57,7 @@ async def test_migration_creates_the_tables_the_code_uses(url: str, tmp_path: Pa
         for table in (expected.base, expected.doc, expected.blob, expected.job):
             assert found[table.name] == {c.name for c in table.columns}
         repo = KnowledgeRepository(store)
-        base = await repo.create_base(
-            {
-                "pipeline_id": "p1",
-                "name": "n",
-                "description": None,
-                "kind": "unstructured",
-                "embedding_connection": None,
-                "embedding_model": "m",
-                "embedding_dim": 4,
-                "space": "s",
-                "columns": [],
-                "metadata_keys": [],
-                "chunk_size": 100,
-                "chunk_overlap": 10,
-            }
-        )
+        base = await repo.create_base(base_values("p1", "n"))
         doc, job = await repo.add_document(
             {
                 "file_id": "file_1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -14,24 +15,11 @@ pytestmark = pytest.mark.anyio
 LEASE = timedelta(seconds=60)
 
 
-async def _repo_with_base(open_store: Any) -> KnowledgeRepository:
+@pytest.fixture
+async def repo(open_store: Any, base_values: Callable[..., dict[str, Any]]) -> KnowledgeRepository:
+    """The knowledge catalogue of a new store, holding base ``kb1``."""
     repo = KnowledgeRepository(await open_store())
-    await repo.create_base(
-        {
-            "pipeline_id": "kb1",
-            "name": "kb1",
-            "description": None,
-            "kind": "unstructured",
-            "embedding_connection": None,
-            "embedding_model": "m",
-            "embedding_dim": 4,
-            "space": "s",
-            "columns": [],
-            "metadata_keys": [],
-            "chunk_size": 100,
-            "chunk_overlap": 10,
-        }
-    )
+    await repo.create_base(base_values("kb1"))
     return repo
 
 
@@ -53,8 +41,9 @@ async def _add(repo: KnowledgeRepository, file_id: str) -> str:
     return job.job_id
 
 
-async def test_a_file_with_a_running_job_waits_and_others_go_ahead(open_store: Any) -> None:
-    repo = await _repo_with_base(open_store)
+async def test_a_file_with_a_running_job_waits_and_others_go_ahead(
+    repo: KnowledgeRepository,
+) -> None:
     await _add(repo, "file_a")
     reindex = await repo.create_job("job_a2", "kb1", "file_a")
     await _add(repo, "file_b")
@@ -74,8 +63,7 @@ async def test_a_file_with_a_running_job_waits_and_others_go_ahead(open_store: A
     assert third.job_id == reindex.job_id
 
 
-async def test_job_inputs_tell_whether_the_file_may_have_chunks(open_store: Any) -> None:
-    repo = await _repo_with_base(open_store)
+async def test_job_inputs_tell_whether_the_file_may_have_chunks(repo: KnowledgeRepository) -> None:
     await _add(repo, "file_a")
     job = await repo.claim_next(LEASE)
     assert job is not None
@@ -97,8 +85,7 @@ async def test_job_inputs_tell_whether_the_file_may_have_chunks(open_store: Any)
     assert (await repo.job_inputs(reindex))[3]
 
 
-async def test_end_job_records_the_job_and_its_document(open_store: Any) -> None:
-    repo = await _repo_with_base(open_store)
+async def test_end_job_records_the_job_and_its_document(repo: KnowledgeRepository) -> None:
     await _add(repo, "file_a")
     await _add(repo, "file_b")
     done = await repo.claim_next(LEASE)
