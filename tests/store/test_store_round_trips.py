@@ -344,6 +344,35 @@ async def test_sqlite_quick_write_waits_in_a_thread_while_another_process_writes
         await store.close()
 
 
+async def test_sqlite_write_lock_held_past_the_busy_timeout_is_store_unavailable(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quick write that finds the lock taken waits in a thread for busy_timeout; past it the
+    caller gets StoreUnavailable (a clear 503), as any other database that cannot answer."""
+    import sqlite3
+
+    from flowhost.store import StoreUnavailable
+
+    pragmas = tuple(
+        "PRAGMA busy_timeout=50" if p.startswith("PRAGMA busy_timeout") else p
+        for p in store_engine._SQLITE_PRAGMAS
+    )
+    monkeypatch.setattr(store_engine, "_SQLITE_PRAGMAS", pragmas)
+    store = await Store.open(None, data_dir=tmp_path, service="quick")
+    other = sqlite3.connect(tmp_path / "flowhost.db", isolation_level=None)
+    try:
+        session_id = uuid.uuid4().hex
+        await store.chats.open_session(session_id, app_id="app", user_id=None, history_turns=5)
+        other.execute("BEGIN IMMEDIATE")  # held for the whole call
+        with pytest.raises(StoreUnavailable, match="database is locked"):
+            await store.chats.append_turn(_turn(session_id, 0))
+        other.execute("ROLLBACK")
+        await store.chats.append_turn(_turn(session_id, 1))  # the lock is free again
+    finally:
+        other.close()
+        await store.close()
+
+
 async def test_sqlite_quick_writes_checkpoint_the_wal_in_a_thread(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -119,7 +119,7 @@ class SqliteThreadRunner:
     async def read_quick(self, operation: Callable[[Connection], T]) -> T:
         # WAL readers do not wait for writers; the operation must be a bounded, indexed read
         try:
-            with _connect(self._quick) as conn:
+            with _connect_quick(self._quick) as conn:
                 return operation(conn)
         except _Busy:  # WAL recovery after a crash, or an exclusive lock elsewhere
             return await self.read(operation)
@@ -133,7 +133,7 @@ class SqliteThreadRunner:
     async def write_quick(self, operation: Callable[[Connection], T]) -> T:
         async with self._writer:
             try:
-                result = self._write_with(self._quick, operation)
+                result = self._write_inline(operation)
             except _Busy:  # another process is writing: wait for it in a thread
                 return await anyio.to_thread.run_sync(self._write, operation, limiter=self._threads)
         self._quick_commits += 1
@@ -159,14 +159,17 @@ class SqliteThreadRunner:
             return operation(conn)
 
     def _write(self, operation: Callable[[Connection], T]) -> T:
-        return self._write_with(self._engine, operation)
+        with self._engine.connect() as conn:
+            conn = conn.execution_options(**{SQLITE_BEGIN_OPTION: "immediate"})
+            with conn.begin():  # BEGIN IMMEDIATE: SQLite's write lock (busy_timeout applies)
+                return operation(conn)
 
-    @staticmethod
-    def _write_with(engine: Engine, operation: Callable[[Connection], T]) -> T:
-        with _connect(engine) as conn:
+    def _write_inline(self, operation: Callable[[Connection], T]) -> T:
+        """``_write`` on the quick connection; _Busy when the write lock is not free at once."""
+        with _connect_quick(self._quick) as conn:
             conn = conn.execution_options(**{SQLITE_BEGIN_OPTION: "immediate"})
             try:
-                transaction = conn.begin()  # BEGIN IMMEDIATE: SQLite's write lock
+                transaction = conn.begin()
             except exc.OperationalError as e:
                 if _is_busy(e):
                     raise _Busy from e
@@ -188,8 +191,8 @@ def _is_busy(e: exc.OperationalError) -> bool:
 
 
 @contextlib.contextmanager
-def _connect(engine: Engine) -> Iterator[Connection]:
-    """``engine.connect()``; _Busy when its pool has no connection free at once (quick)."""
+def _connect_quick(engine: Engine) -> Iterator[Connection]:
+    """``engine.connect()`` on the quick engine; _Busy when its one connection is taken."""
     try:
         conn = engine.connect()
     except exc.TimeoutError as e:
