@@ -132,9 +132,7 @@ async def upgrade_engine(engine: AsyncEngine, names: ServiceNames) -> None:
     if await _is_current(engine, names):
         return
     async with translate_errors("migrating the schema"), _migration_lock(engine, names) as conn:
-        if dialect_of(engine.url) == "sqlite" and await conn.run_sync(_is_empty, names):
-            await conn.run_sync(_create_current, names)
-        else:
+        if dialect_of(engine.url) != "sqlite" or not await conn.run_sync(_create_if_new, names):
             from alembic.util import CommandError
 
             try:
@@ -159,21 +157,19 @@ def _current_metadata(names: ServiceNames) -> MetaData:
     return metadata
 
 
-def _is_empty(connection: Connection, names: ServiceNames) -> bool:
-    """No version table and none of the service's tables: a new SQLite database."""
-    existing = set(inspect(connection).get_table_names())
-    return not existing & {names.version_table, *_current_metadata(names).tables}
-
-
-def _create_current(connection: Connection, names: ServiceNames) -> None:
-    """A new SQLite database: the newest schema straight from the code, stamped at the packaged
-    heads (Alembic's recipe for a database built from scratch: create_all, then stamp).
+def _create_if_new(connection: Connection, names: ServiceNames) -> bool:
+    """A new SQLite database (no version table and none of the service's tables): create the
+    newest schema straight from the code, stamped at the packaged heads (Alembic's recipe for a
+    database built from scratch: create_all, then stamp), and return True; else False.
 
     Skips importing Alembic and replaying every revision (about 0.2 s of a first start; an
     ephemeral container starts on an empty data dir every time). A test checks that the result
     equals what the migrations build, and that Alembic finds it current.
     """
-    _current_metadata(names).create_all(connection)
+    metadata = _current_metadata(names)
+    if set(inspect(connection).get_table_names()) & {names.version_table, *metadata.tables}:
+        return False
+    metadata.create_all(connection)
     version = Table(
         names.version_table,
         MetaData(),
@@ -182,6 +178,7 @@ def _create_current(connection: Connection, names: ServiceNames) -> None:
     )
     version.create(connection)
     connection.execute(version.insert(), [{"version_num": h} for h in sorted(packaged_heads())])
+    return True
 
 
 def _run_alembic(connection: Connection, config: Config) -> None:
