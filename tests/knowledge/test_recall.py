@@ -274,7 +274,7 @@ async def test_a_filter_naming_every_base_searches_unfiltered_but_returns_only_t
         intruder = dataclasses.replace(rows[17], chunk_id="x", pipeline_id="kb9")
         await store.add("all", [intruder])  # the best match for q, in another base
 
-        async def stale(space: str, table: Any, where: str | None) -> int:
+        async def stale(space: str, table: Any, where: str | None, version: int) -> int:
             return N  # as counted before the intruder's write
 
         monkeypatch.setattr(store, "_count_admitted", stale)

@@ -7,7 +7,7 @@ with the ICU tokenizer (Chinese word segmentation; built in partitions of about 
 which LanceDB searches in parallel), and, from ``IVF_MIN_ROWS`` rows on, an IVF_FLAT vector
 index (about sqrt(rows) partitions).
 
-Filters are applied before ranking (LanceDB's prefilter) in both legs. The vector leg first
+Filters are applied before ranking (LanceDB's prefilter) in both legs. A search first
 counts the rows the filter admits (the scalar indexes answer in about a millisecond; the count
 is kept per filter until the table's version changes):
 
@@ -39,6 +39,7 @@ from typing import Any, cast
 import numpy as np
 import pyarrow as pa
 
+from flowhost.knowledge.embedding import cpus
 from flowhost.knowledge.filters import StoreFilter
 from flowhost.knowledge.vectorstore import RRF_K, ChunkRow, Hit, SearchResult
 
@@ -92,7 +93,7 @@ def _use_every_cpu() -> None:
     computes on a single thread: a search's vector and full-text legs then run one after the
     other (2 CPUs here: the pair took the sum of both, 9 ms instead of 5.5)."""
     if "LANCE_CPU_THREADS" not in os.environ:
-        os.environ["LANCE_CPU_THREADS"] = str(max(2, len(os.sched_getaffinity(0))))
+        os.environ["LANCE_CPU_THREADS"] = str(max(2, cpus()))
 
 
 def _partitions_for(rows: int) -> int:
@@ -149,7 +150,7 @@ class LanceDBStore:
         self._storage_options = storage_options
         self._db: Any = None
         self._tables: dict[str, Any] = {}
-        self._partitions: dict[str, int] = {}
+        self._text_indexed: set[str] = set()  # spaces known to have their full-text index
         self._indexed: dict[str, tuple[int, int]] = {}
         # (space, where) -> (table version, rows the filter admits): apps repeat their filters
         self._admitted: dict[tuple[str, str], tuple[int, int]] = {}
@@ -285,10 +286,10 @@ class LanceDBStore:
             query = query.nprobes(nprobes or MAX_PARTITIONS)
         return await query.to_arrow()
 
-    async def _count_admitted(self, space: str, table: Any, where: str | None) -> int:
-        """Rows ``where`` admits (None: all), counted once per table version (a version
-        check costs ~0.1 ms, counting through the scalar indexes ~1 ms)."""
-        version = int(await table.version())
+    async def _count_admitted(self, space: str, table: Any, where: str | None, version: int) -> int:
+        """Rows ``where`` admits (None: all) in ``version`` of the table, counted once per
+        version (the caller asks the version once, ~0.1 ms; counting through the scalar
+        indexes costs ~1 ms)."""
         key = (space, where or "")
         known = self._admitted.get(key)
         if known is not None and known[0] == version:
@@ -331,12 +332,13 @@ class LanceDBStore:
 
         table = await self._table(space)
         where: str | None = flt.to_lance()
-        admitted = await self._count_admitted(space, table, where)
+        version = int(await table.version())
+        admitted = await self._count_admitted(space, table, where, version)
         # Bases only, and they hold every row of the space: the legs need no filter (a
         # prefilter over every row costs ~1 ms); a row of another base written meanwhile is
         # dropped when read back.
         everything = not flt.is_scoped and admitted == await self._count_admitted(
-            space, table, None
+            space, table, None, version
         )
         if everything:
             where = None
@@ -399,11 +401,12 @@ class LanceDBStore:
         return out
 
     async def _has_fts(self, space: str, table: Any) -> bool:
-        key = f"fts:{space}"
-        if not self._partitions.get(key):
-            names = {idx.name for idx in await table.list_indices()}
-            self._partitions[key] = 1 if "text_idx" in names else 0
-        return bool(self._partitions[key])
+        # not known yet: asked again (another process may have built it meanwhile)
+        if space not in self._text_indexed and "text_idx" in {
+            idx.name for idx in await table.list_indices()
+        }:
+            self._text_indexed.add(space)
+        return space in self._text_indexed
 
     async def count(self, space: str, flt: StoreFilter) -> int:
         if not await self._exists(space):
@@ -448,5 +451,5 @@ class LanceDBStore:
                 config=li.IvfFlat(distance_type="cosine", num_partitions=_partitions_for(rows)),
             )
         self._indexed.pop(space, None)
-        self._partitions.pop(f"fts:{space}", None)
+        self._text_indexed.discard(space)
         await self._prewarm(table)
