@@ -79,6 +79,28 @@ async def indexed(
         await store.close()
 
 
+async def vector_recalls(
+    store: LanceDBStore,
+    space: str,
+    vecs: np.ndarray[Any, Any],
+    allowed: np.ndarray[Any, Any],
+    flt: StoreFilter,
+    rng: np.random.Generator,
+) -> list[float]:
+    """recall@10 of the vector leg against exact search over ``allowed``, for 10 queries near
+    random corpus vectors."""
+    n, dim = vecs.shape
+    recalls = []
+    for _ in range(10):
+        q = vecs[rng.integers(n)] + 0.2 * rng.standard_normal(dim).astype(np.float32)
+        q /= np.linalg.norm(q)
+        exact = allowed[np.argsort(-(vecs[allowed] @ q))[:10]]
+        got = await store.search(space, q.tolist(), "", flt, 10)
+        ids = {int(h.chunk_id[1:]) for h in got.vector}
+        recalls.append(len(ids & set(exact.tolist())) / min(10, len(allowed)))
+    return recalls
+
+
 SHAPES: dict[str, tuple[StoreFilter, Any]] = {
     "pipeline": (StoreFilter(("kb1",)), lambda i: i % 4 == 1),
     "two pipelines": (StoreFilter(("kb1", "kb2")), lambda i: i % 4 in (1, 2)),
@@ -120,14 +142,7 @@ async def test_filtered_search_equals_exact_search(shape: str, tmp_path: Any) ->
         flt, pred = SHAPES[shape]
         allowed = np.array([i for i in range(N) if pred(i)])
         assert await store.count("recall", flt) == len(allowed)
-        recalls = []
-        for _ in range(10):
-            q = vecs[rng.integers(N)] + 0.2 * rng.standard_normal(DIM).astype(np.float32)
-            q /= np.linalg.norm(q)
-            exact = allowed[np.argsort(-(vecs[allowed] @ q))[:10]]
-            got = await store.search("recall", q.tolist(), "", flt, 10)
-            ids = {int(h.chunk_id[1:]) for h in got.vector}
-            recalls.append(len(ids & set(exact.tolist())) / min(10, len(allowed)))
+        recalls = await vector_recalls(store, "recall", vecs, allowed, flt, rng)
         assert np.mean(recalls) == 1.0, json.dumps(recalls)
     finally:
         await store.close()
@@ -171,14 +186,7 @@ async def test_wide_filters_probe_part_of_the_index_narrow_ones_stay_exact(tmp_p
         await store.maintain("ann")
         for name, (flt, pred, floor) in shapes.items():
             allowed = np.array([i for i in range(n) if pred(i)])
-            recalls = []
-            for _ in range(10):
-                q = vecs[rng.integers(n)] + 0.2 * rng.standard_normal(dim).astype(np.float32)
-                q /= np.linalg.norm(q)
-                exact = allowed[np.argsort(-(vecs[allowed] @ q))[:10]]
-                got = await store.search("ann", q.tolist(), "", flt, 10)
-                ids = {int(h.chunk_id[1:]) for h in got.vector}
-                recalls.append(len(ids & set(exact.tolist())) / 10)
+            recalls = await vector_recalls(store, "ann", vecs, allowed, flt, rng)
             assert np.mean(recalls) >= floor, (name, json.dumps(recalls))
     finally:
         await store.close()
