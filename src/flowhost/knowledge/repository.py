@@ -294,13 +294,6 @@ class KnowledgeRepository:
             raise NotFound(f"the content of document {file_id!r} is gone")
         return bytes(value)
 
-    async def set_document(self, file_id: str, **values: Any) -> None:
-        d = self.t.doc
-        async with self._writing() as conn:
-            await conn.execute(
-                update(d).where(d.c.file_id == file_id).values(**values, updated_at=utcnow())
-            )
-
     async def delete_document(self, file_id: str) -> Document:
         doc = await self.get_document(file_id)
         t = self.t
