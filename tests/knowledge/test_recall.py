@@ -63,18 +63,16 @@ def corpus(
 
 @contextlib.asynccontextmanager
 async def indexed(
-    tmp_path: Any, space: str, seed: int, count: int = N
-) -> AsyncIterator[tuple[LanceDBStore, np.ndarray[Any, Any], list[ChunkRow]]]:
-    """A store whose ``space`` holds the first ``count`` rows of ``corpus``, maintained
-    (compacted and indexed); yields it with the whole corpus."""
-    vecs, rows = corpus(np.random.default_rng(seed))
+    tmp_path: Any, space: str, rows: list[ChunkRow], dim: int = DIM
+) -> AsyncIterator[LanceDBStore]:
+    """A store whose ``space`` holds ``rows``, maintained (compacted and indexed)."""
     store = LanceDBStore(str(tmp_path / "lance"))
     await store.open()
     try:
-        await store.ensure_space(space, DIM)
-        await store.add(space, rows[:count])
+        await store.ensure_space(space, dim)
+        await store.add(space, rows)
         await store.maintain(space)
-        yield store, vecs, rows
+        yield store
     finally:
         await store.close()
 
@@ -131,12 +129,7 @@ SHAPES: dict[str, tuple[StoreFilter, Any]] = {
 async def test_filtered_search_equals_exact_search(shape: str, tmp_path: Any) -> None:
     rng = np.random.default_rng(7)
     vecs, rows = corpus(rng)
-    store = LanceDBStore(str(tmp_path / "lance"))
-    await store.open()
-    try:
-        await store.ensure_space("recall", DIM)
-        await store.add("recall", rows)
-        await store.maintain("recall")
+    async with indexed(tmp_path, "recall", rows) as store:
         table = await store._table("recall")
         assert "vector_idx" in {i.name for i in await table.list_indices()}
         flt, pred = SHAPES[shape]
@@ -144,8 +137,6 @@ async def test_filtered_search_equals_exact_search(shape: str, tmp_path: Any) ->
         assert await store.count("recall", flt) == len(allowed)
         recalls = await vector_recalls(store, "recall", vecs, allowed, flt, rng)
         assert np.mean(recalls) == 1.0, json.dumps(recalls)
-    finally:
-        await store.close()
 
 
 def test_probes_follow_the_filter() -> None:
@@ -178,25 +169,19 @@ async def test_wide_filters_probe_part_of_the_index_narrow_ones_stay_exact(tmp_p
             1.0,
         ),
     }
-    store = LanceDBStore(str(tmp_path / "lance"))
-    await store.open()
-    try:
-        await store.ensure_space("ann", dim)
-        await store.add("ann", rows)
-        await store.maintain("ann")
+    async with indexed(tmp_path, "ann", rows, dim) as store:
         for name, (flt, pred, floor) in shapes.items():
             allowed = np.array([i for i in range(n) if pred(i)])
             recalls = await vector_recalls(store, "ann", vecs, allowed, flt, rng)
             assert np.mean(recalls) >= floor, (name, json.dumps(recalls))
-    finally:
-        await store.close()
 
 
 async def test_reading_only_the_fused_head_gives_the_same_answer(tmp_path: Any) -> None:
     """search(..., keep=k) reads only the rows that can make fuse's top k: same hits, order,
     scores and ranks as fusing the full legs."""
     rng = np.random.default_rng(12)
-    async with indexed(tmp_path, "keep", 11) as (store, vecs, _):
+    vecs, rows = corpus(np.random.default_rng(11))
+    async with indexed(tmp_path, "keep", rows) as store:
         flt = StoreFilter(("kb0", "kb1", "kb2", "kb3"))
         for i in range(8):
             q = vecs[rng.integers(N)]
@@ -253,7 +238,8 @@ async def test_the_admitted_count_is_kept_until_the_table_changes(
         counted.append(filter)
         return await real(self, filter)
 
-    async with indexed(tmp_path, "count", 3, N - 3) as (store, vecs, rows):
+    vecs, rows = corpus(np.random.default_rng(3))
+    async with indexed(tmp_path, "count", rows[: N - 3]) as store:
         monkeypatch.setattr(AsyncTable, "count_rows", spy)
         flt = StoreFilter(("kb1",))
         for i in range(3):
@@ -272,7 +258,8 @@ async def test_a_filter_naming_every_base_searches_unfiltered_but_returns_only_t
 ) -> None:
     """When the bases hold every row of the space the legs run without a prefilter; a row of
     another base that lands between the count and the search is still never returned."""
-    async with indexed(tmp_path, "all", 9) as (store, vecs, rows):
+    vecs, rows = corpus(np.random.default_rng(9))
+    async with indexed(tmp_path, "all", rows) as store:
         every = StoreFilter(("kb0", "kb1", "kb2", "kb3"))
         q = vecs[17]
         got = await store.search("all", q.tolist(), "chunk 17", every, 10)
