@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from flowhost.knowledge.filters import StoreFilter, meta_label, tag_label
@@ -19,6 +20,7 @@ from flowhost.knowledge.lancedb_store import (
     IVF_MIN_ROWS,
     MIN_PROBE_FRACTION,
     LanceDBStore,
+    _arrow,
     nprobes_for,
 )
 from flowhost.knowledge.vectorstore import ChunkRow, fuse
@@ -294,3 +296,44 @@ async def test_lancedb_computes_on_every_cpu_unless_told_otherwise(
     await store.open()
     await store.close()
     assert os.environ["LANCE_CPU_THREADS"] == "3"
+
+
+async def test_queries_run_past_the_wrapper_return_what_to_arrow_returns(tmp_path: Any) -> None:
+    """``_arrow`` (the store's way to run a query, without the Python wrapper's per-query
+    schema round trip) returns what LanceDB's public ``to_arrow()`` does, for each kind of query
+    the store runs, and falls back to ``to_arrow()`` on a query built another way."""
+    rng = np.random.default_rng(11)
+    vecs, rows = corpus(rng, 300)
+    async with indexed(tmp_path, "raw", rows) as store:
+        table = await store._table("raw")
+        q = vecs[5]
+        queries = {
+            "vector": lambda: (
+                table.query()
+                .nearest_to(q)
+                .distance_type("cosine")
+                .where("pipeline_id = 'kb1'")
+                .select(["_distance"])
+                .with_row_id()
+                .limit(7)
+            ),
+            "text": lambda: (
+                table.query()
+                .nearest_to_text("chunk topic")
+                .select(["_score"])
+                .with_row_id()
+                .limit(7)
+            ),
+            "take": lambda: table.take_row_ids([0, 3, 9]).select(["chunk_id", "text"]),
+        }
+        for name, make in queries.items():
+            expected = await make().to_arrow()
+            got = await _arrow(make())
+            assert got.num_rows > 0, name
+            assert got.equals(expected), name
+
+        class Other:  # a query object without the wrapper's internals
+            async def to_arrow(self) -> pa.Table:
+                return pa.table({"x": [1]})
+
+        assert (await _arrow(Other())).to_pylist() == [{"x": 1}]
