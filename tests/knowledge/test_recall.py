@@ -337,3 +337,52 @@ async def test_queries_run_past_the_wrapper_return_what_to_arrow_returns(tmp_pat
                 return pa.table({"x": [1]})
 
         assert (await _arrow(Other())).to_pylist() == [{"x": 1}]
+
+
+async def test_a_table_made_before_the_hit_column_is_written_and_read_as_before(
+    tmp_path: Any,
+) -> None:
+    """Tables now keep a hit's fields in one JSON column; one made by an earlier flowhost (a
+    column per field) takes new rows in its own layout and its searches return the same hits."""
+    import lancedb
+
+    rng = np.random.default_rng(13)
+    vecs, rows = corpus(rng, 200)
+    rows = [
+        dataclasses.replace(r, doc_name=f"文档{i}.md", title="Ü", meta={"k": i}, position=i)
+        for i, r in enumerate(rows)
+    ]
+    old = pa.schema(
+        [
+            pa.field("chunk_id", pa.string(), nullable=False),
+            pa.field("pipeline_id", pa.string(), nullable=False),
+            pa.field("file_id", pa.string(), nullable=False),
+            pa.field("doc_name", pa.string()),
+            pa.field("title", pa.string()),
+            pa.field("text", pa.string()),
+            pa.field("position", pa.int32()),
+            pa.field("labels", pa.list_(pa.string())),
+            pa.field("meta", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), DIM)),
+        ]
+    )
+    db = await lancedb.connect_async(str(tmp_path / "old"))
+    await db.create_table("s", schema=old)
+    db.close()
+    found = {}
+    for layout in ("old", "new"):
+        store = LanceDBStore(str(tmp_path / layout))
+        await store.open()
+        try:
+            await store.ensure_space("s", DIM)
+            await store.add("s", rows)
+            await store.maintain("s")
+            names = (await (await store._table("s")).schema()).names
+            assert ("hit" in names) == (layout == "new")
+            got = await store.search("s", vecs[7].tolist(), "chunk 7", StoreFilter(("kb3",)), 5)
+            found[layout] = [dataclasses.astuple(h) for h in (*got.vector, *got.text)]
+        finally:
+            await store.close()
+    assert found["old"] == found["new"]
+    hit = next(h for h in found["new"] if h[0] == "c7")
+    assert hit[:8] == ("c7", "kb3", "file_0", "文档7.md", "Ü", "chunk 7 about topic 7", 7, {"k": 7})
