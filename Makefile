@@ -40,4 +40,4 @@ soak: $(STAMP)  # 30 minutes at 200 concurrent streams: RSS and open fds must st
 	$(BIN)/python -m bench.soak
 
 clean:
-	rm -rf $(VENV) .flowhost .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-promptflow .flowhost .pytest_cache .mypy_cache .ruff_cache

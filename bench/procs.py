@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -228,11 +229,14 @@ class Servers:
         port: int | None = None,
         wait: bool = True,
         timeout: float = 30.0,
+        exe: Sequence[str] | None = None,
     ) -> ServerProc:
-        """Spawn ``python argv... --port P`` on ``cpus``; by default wait for ``/health``."""
+        """Spawn ``python argv... --port P`` (or ``exe argv... --port P``) on ``cpus``; by
+        default wait for ``/health``."""
         port = port or free_port()
         log = self.tmp / f"{name}-{port}.log"
-        cmd = [*self.pinning.prefix(cpus), sys.executable, *argv, "--port", str(port)]
+        program = list(exe) if exe is not None else [sys.executable]
+        cmd = [*self.pinning.prefix(cpus), *program, *argv, "--port", str(port)]
         full_env = clean_env({"FLOWHOST_DATA_DIR": str(self.tmp / "data"), **(env or {})})
         with log.open("wb") as fh:
             started = time.perf_counter()

@@ -21,7 +21,8 @@ from bench.common import (
     start_flowhost,
 )
 from bench.loadgen import LoadResult
-from bench.procs import ServerProc, Servers, rss_bytes
+from bench.pfserve import PF_PATH, promptflow_exe, start_promptflow
+from bench.procs import ServerProc, Servers, ServerStartError, rss_bytes
 from bench.report import Check, Section
 
 __all__ = ["run"]
@@ -34,13 +35,16 @@ MAX_P50_EXTRA_MS = 0.3  # at 1 connection, p50 at most 0.3 ms above bare
 # A third server shows what run tracing costs (not part of the targets).
 NO_TRACE = "flowhost, tracing off"
 NO_TRACE_ENV = {"FLOWHOST_ENABLE_TRACING": "false"}
+# And promptflow's own server on the same flow, when it installs in a side venv (no target).
+PROMPTFLOW = "promptflow (pf flow serve)"
 
 
-def _measure(cfg: Config, srv: ServerProc, conns: int) -> tuple[LoadResult, float]:
+def _measure(cfg: Config, srv: ServerProc, conns: int, path: str) -> tuple[LoadResult, float]:
     body = json.dumps(BODY).encode()
-    cfg.loadgen.run(f"{srv.url}/", body, connections=conns, duration=cfg.simple_warmup)
+    url = f"{srv.url}{path}"
+    cfg.loadgen.run(url, body, connections=conns, duration=cfg.simple_warmup)
     cpu0 = cpu_seconds(srv.pid)
-    res = cfg.loadgen.run(f"{srv.url}/", body, connections=conns, duration=cfg.simple_duration)
+    res = cfg.loadgen.run(url, body, connections=conns, duration=cfg.simple_duration)
     return res, cpu_seconds(srv.pid) - cpu0
 
 
@@ -50,7 +54,8 @@ def run(cfg: Config) -> Section:
         "`flowhost serve examples/flows/echo --no-history` against "
         "`bench/baseline_app.py` (Starlette + uvicorn, uvloop + httptools, access log off, one "
         f"process). Without `--quick`, a third server, flowhost with "
-        "`FLOWHOST_ENABLE_TRACING=false`, shows what run tracing costs (no target). "
+        "`FLOWHOST_ENABLE_TRACING=false`, shows what run tracing costs, and promptflow's "
+        "`pf flow serve` (from a side venv, `POST /score`) serves the same flow (no targets). "
         f"{cfg.loadgen.tool}, {fmt_s(cfg.simple_warmup)} warm-up then "
         f"{fmt_s(cfg.simple_duration)} per run; latencies in ms; server CPU from /proc.",
     )
@@ -59,14 +64,27 @@ def run(cfg: Config) -> Section:
             "bare": start_bare(servers, cpus=cfg.pinning.server),
             "flowhost": start_flowhost(servers, cfg, app="echo", cpus=cfg.pinning.server),
         }
+        paths = dict.fromkeys(targets, "/")
         if cfg.simple_extra:
             targets[NO_TRACE] = start_flowhost(
                 servers, cfg, app="echo", cpus=cfg.pinning.server, env=NO_TRACE_ENV
             )
+            paths[NO_TRACE] = "/"
+            pf = promptflow_exe(sec.notes)
+            if pf is not None:
+                try:
+                    targets[PROMPTFLOW] = start_promptflow(servers, pf, cpus=cfg.pinning.server)
+                    paths[PROMPTFLOW] = PF_PATH
+                except ServerStartError as exc:
+                    sec.notes.append(f"promptflow did not start: {exc}")
         for name, srv in targets.items():
-            status, got = post_json(srv.port, "/", BODY)
+            status, got = post_json(srv.port, paths[name], BODY)
+            if name == PROMPTFLOW and status == 200:
+                got = got.rstrip(b"\n")  # Flask ends its JSON with a newline
             if status != 200 or got != EXPECTED:
                 raise RuntimeError(f"{name} answered {status} {got!r}, expected 200 {EXPECTED!r}")
+            if name == PROMPTFLOW:
+                continue  # a Flask app
             libs = loaded_libs(srv.pid)
             if libs != {"uvloop", "httptools"}:
                 sec.notes.append(
@@ -75,7 +93,7 @@ def run(cfg: Config) -> Section:
         results: dict[tuple[str, int], tuple[LoadResult, float]] = {}
         for conns in CONNECTIONS:
             for name, srv in targets.items():
-                results[name, conns] = _measure(cfg, srv, conns)
+                results[name, conns] = _measure(cfg, srv, conns, paths[name])
         rss = {name: rss_bytes(srv.pid) for name, srv in targets.items()}
 
     rows = [["conns", "server", "req/s", "p50", "p90", "p99", "server CPU µs/req", "errors"]]
