@@ -1,5 +1,9 @@
 """``KnowledgeRepository``: the knowledge catalogue in the SQL store (any of its backends).
 
+Every call is one operation of the store's ``Runner`` (``flowhost.store.runner``), as the chat
+history's are: on SQLite a call is one hop to a worker thread (aiosqlite hopped for every cursor
+call, ~80 hops per indexed document), on MySQL/PostgreSQL one transaction on the async engine.
+
 Jobs are claimed with a conditional UPDATE (``WHERE status = 'pending'``), so several workers,
 in one process or in replicas sharing the database, never run the same job twice. A running
 job holds a lease that its worker renews; a job whose lease expired (its worker died) goes
@@ -8,14 +12,12 @@ back to pending at the next start or sweep.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, cast
+from functools import partial
+from typing import Any, TypeVar, cast
 
-import anyio
-from sqlalchemy import delete, exc, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, delete, exc, func, insert, select, update
 
 from flowhost.exceptions import InvalidInput, NotFound
 from flowhost.knowledge.records import (
@@ -28,9 +30,11 @@ from flowhost.knowledge.records import (
 )
 from flowhost.knowledge.tables import kb_tables
 from flowhost.store import Store
-from flowhost.store.engine import SQLITE_BEGIN_OPTION, translate_errors
+from flowhost.store.engine import translate_errors
 
 __all__ = ["KnowledgeRepository"]
+
+T = TypeVar("T")
 
 
 def _base(row: Mapping[Any, Any], count: int | None = None) -> KnowledgeBase:
@@ -91,37 +95,23 @@ def _job(row: Mapping[Any, Any]) -> Job:
 
 class KnowledgeRepository:
     def __init__(self, store: Store) -> None:
-        self._engine = store.engine
+        self._db = store.runner
         self.t = kb_tables(store.service)
-        self._sqlite_writer = anyio.Lock() if store.dialect == "sqlite" else None
 
-    @contextlib.asynccontextmanager
-    async def _reading(self) -> AsyncIterator[AsyncConnection]:
-        async with (
-            translate_errors("reading the knowledge catalogue"),
-            self._engine.connect() as conn,
-        ):
-            yield conn
+    async def _read(self, operation: Callable[[Connection], T]) -> T:
+        async with translate_errors("reading the knowledge catalogue"):
+            return await self._db.read(operation)
 
-    @contextlib.asynccontextmanager
-    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+    async def _write(self, operation: Callable[[Connection], T]) -> T:
         async with translate_errors("writing the knowledge catalogue"):
-            if self._sqlite_writer is None:
-                async with self._engine.begin() as conn:
-                    yield conn
-                return
-            async with self._sqlite_writer, self._engine.connect() as conn:
-                conn = await conn.execution_options(**{SQLITE_BEGIN_OPTION: "immediate"})
-                async with conn.begin():
-                    yield conn
+            return await self._db.write(operation)
 
     # --- bases -------------------------------------------------------------------------------
     async def create_base(self, values: dict[str, Any]) -> KnowledgeBase:
         now = utcnow()
         row = {**values, "created_at": now, "updated_at": now}
         try:
-            async with self._writing() as conn:
-                await conn.execute(insert(self.t.base).values(**row))
+            await self._write(lambda conn: conn.execute(insert(self.t.base).values(**row)))
         except Exception as e:
             if isinstance(e.__cause__, exc.IntegrityError) or isinstance(e, exc.IntegrityError):
                 raise InvalidInput(
@@ -140,16 +130,9 @@ class KnowledgeRepository:
         """The existing bases among ``pipeline_ids`` (unknown ids are left out)."""
         if not pipeline_ids:
             return []
-        async with self._reading() as conn:
-            rows = (
-                (
-                    await conn.execute(
-                        select(self.t.base).where(self.t.base.c.pipeline_id.in_(list(pipeline_ids)))
-                    )
-                )
-                .mappings()
-                .all()
-            )
+        b = self.t.base
+        statement = select(b).where(b.c.pipeline_id.in_(list(pipeline_ids)))
+        rows = await self._read(lambda conn: conn.execute(statement).mappings().all())
         return [_base(r) for r in rows]
 
     async def list_bases(self) -> list[KnowledgeBase]:
@@ -162,26 +145,21 @@ class KnowledgeRepository:
             .outerjoin(counts, counts.c.pipeline_id == self.t.base.c.pipeline_id)
             .order_by(self.t.base.c.created_at)
         )
-        async with self._reading() as conn:
-            rows = (await conn.execute(statement)).mappings().all()
+        rows = await self._read(lambda conn: conn.execute(statement).mappings().all())
         return [_base(r, int(r["n"] or 0)) for r in rows]
 
     async def count_documents(self, pipeline_id: str) -> int:
         statement = select(func.count()).where(self.t.doc.c.pipeline_id == pipeline_id)
-        async with self._reading() as conn:
-            return int((await conn.execute(statement)).scalar_one())
+        return int(await self._read(lambda conn: conn.execute(statement).scalar_one()))
 
     async def extend_base_keys(
         self, pipeline_id: str, *, columns: Sequence[str] = (), metadata_keys: Sequence[str] = ()
     ) -> None:
         """Add columns / metadata keys to the base's schema (order kept, no duplicates)."""
         b = self.t.base
-        async with self._writing() as conn:
-            row = (
-                (await conn.execute(select(b).where(b.c.pipeline_id == pipeline_id)))
-                .mappings()
-                .first()
-            )
+
+        def extend(conn: Connection) -> None:
+            row = conn.execute(select(b).where(b.c.pipeline_id == pipeline_id)).mappings().first()
             if row is None:
                 raise NotFound(f"knowledge base {pipeline_id!r} not found")
             cols = list(row["columns"] or [])
@@ -189,29 +167,33 @@ class KnowledgeRepository:
             new_cols = cols + [c for c in dict.fromkeys(columns) if c not in cols]
             new_keys = keys + [k for k in dict.fromkeys(metadata_keys) if k not in keys]
             if new_cols != cols or new_keys != keys:
-                await conn.execute(
+                conn.execute(
                     update(b)
                     .where(b.c.pipeline_id == pipeline_id)
                     .values(columns=new_cols, metadata_keys=new_keys, updated_at=utcnow())
                 )
 
+        await self._write(extend)
+
     async def delete_base(self, pipeline_id: str) -> None:
         t = self.t
-        async with self._writing() as conn:
+
+        def remove(conn: Connection) -> None:
             files = select(t.doc.c.file_id).where(t.doc.c.pipeline_id == pipeline_id)
-            await conn.execute(delete(t.blob).where(t.blob.c.file_id.in_(files)))
-            await conn.execute(delete(t.job).where(t.job.c.pipeline_id == pipeline_id))
-            await conn.execute(delete(t.doc).where(t.doc.c.pipeline_id == pipeline_id))
-            result = await conn.execute(delete(t.base).where(t.base.c.pipeline_id == pipeline_id))
+            conn.execute(delete(t.blob).where(t.blob.c.file_id.in_(files)))
+            conn.execute(delete(t.job).where(t.job.c.pipeline_id == pipeline_id))
+            conn.execute(delete(t.doc).where(t.doc.c.pipeline_id == pipeline_id))
+            result = conn.execute(delete(t.base).where(t.base.c.pipeline_id == pipeline_id))
             if result.rowcount == 0:
                 raise NotFound(f"knowledge base {pipeline_id!r} not found")
+
+        await self._write(remove)
 
     # --- documents ---------------------------------------------------------------------------
     async def find_by_hash(self, pipeline_id: str, sha256: str) -> Document | None:
         d = self.t.doc
         statement = select(d).where(d.c.pipeline_id == pipeline_id, d.c.sha256 == sha256)
-        async with self._reading() as conn:
-            row = (await conn.execute(statement)).mappings().first()
+        row = await self._read(lambda conn: conn.execute(statement).mappings().first())
         return None if row is None else _doc(row)
 
     async def add_document(
@@ -228,10 +210,13 @@ class KnowledgeRepository:
             "updated_at": now,
         }
         jrow = self._new_job(job_id, doc["pipeline_id"], doc["file_id"], now)
-        async with self._writing() as conn:
-            await conn.execute(insert(self.t.doc).values(**drow))
-            await conn.execute(insert(self.t.blob).values(file_id=doc["file_id"], content=content))
-            await conn.execute(insert(self.t.job).values(**jrow))
+
+        def add(conn: Connection) -> None:
+            conn.execute(insert(self.t.doc).values(**drow))
+            conn.execute(insert(self.t.blob).values(file_id=doc["file_id"], content=content))
+            conn.execute(insert(self.t.job).values(**jrow))
+
+        await self._write(add)
         return _doc(drow), _job(jrow)
 
     @staticmethod
@@ -253,8 +238,8 @@ class KnowledgeRepository:
 
     async def get_document(self, file_id: str) -> Document:
         d = self.t.doc
-        async with self._reading() as conn:
-            row = (await conn.execute(select(d).where(d.c.file_id == file_id))).mappings().first()
+        statement = select(d).where(d.c.file_id == file_id)
+        row = await self._read(lambda conn: conn.execute(statement).mappings().first())
         if row is None:
             raise NotFound(f"document {file_id!r} not found")
         return _doc(row)
@@ -270,8 +255,7 @@ class KnowledgeRepository:
             .limit(limit)
             .offset(offset)
         )
-        async with self._reading() as conn:
-            rows = (await conn.execute(statement)).mappings().all()
+        rows = await self._read(lambda conn: conn.execute(statement).mappings().all())
         return [_doc(r) for r in rows]
 
     async def files_of(self, file_ids: Sequence[str]) -> dict[str, str]:
@@ -280,16 +264,13 @@ class KnowledgeRepository:
             return {}
         d = self.t.doc
         statement = select(d.c.file_id, d.c.pipeline_id).where(d.c.file_id.in_(list(file_ids)))
-        async with self._reading() as conn:
-            rows = (await conn.execute(statement)).all()
+        rows = await self._read(lambda conn: conn.execute(statement).all())
         return {r[0]: r[1] for r in rows}
 
     async def get_blob(self, file_id: str) -> bytes:
         b = self.t.blob
-        async with self._reading() as conn:
-            value = (
-                await conn.execute(select(b.c.content).where(b.c.file_id == file_id))
-            ).scalar_one_or_none()
+        statement = select(b.c.content).where(b.c.file_id == file_id)
+        value = await self._read(lambda conn: conn.execute(statement).scalar_one_or_none())
         if value is None:
             raise NotFound(f"the content of document {file_id!r} is gone")
         return bytes(value)
@@ -297,28 +278,34 @@ class KnowledgeRepository:
     async def delete_document(self, file_id: str) -> Document:
         doc = await self.get_document(file_id)
         t = self.t
-        async with self._writing() as conn:
-            await conn.execute(delete(t.job).where(t.job.c.file_id == file_id))
-            await conn.execute(delete(t.blob).where(t.blob.c.file_id == file_id))
-            await conn.execute(delete(t.doc).where(t.doc.c.file_id == file_id))
+
+        def remove(conn: Connection) -> None:
+            conn.execute(delete(t.job).where(t.job.c.file_id == file_id))
+            conn.execute(delete(t.blob).where(t.blob.c.file_id == file_id))
+            conn.execute(delete(t.doc).where(t.doc.c.file_id == file_id))
+
+        await self._write(remove)
         return doc
 
     # --- jobs --------------------------------------------------------------------------------
     async def create_job(self, job_id: str, pipeline_id: str, file_id: str) -> Job:
         row = self._new_job(job_id, pipeline_id, file_id, utcnow())
-        async with self._writing() as conn:
-            await conn.execute(insert(self.t.job).values(**row))
-            await conn.execute(
+
+        def create(conn: Connection) -> None:
+            conn.execute(insert(self.t.job).values(**row))
+            conn.execute(
                 update(self.t.doc)
                 .where(self.t.doc.c.file_id == file_id)
                 .values(status="pending", error=None, updated_at=row["created_at"])
             )
+
+        await self._write(create)
         return _job(row)
 
     async def get_job(self, job_id: str) -> Job:
         j = self.t.job
-        async with self._reading() as conn:
-            row = (await conn.execute(select(j).where(j.c.job_id == job_id))).mappings().first()
+        statement = select(j).where(j.c.job_id == job_id)
+        row = await self._read(lambda conn: conn.execute(statement).mappings().first())
         if row is None:
             raise NotFound(f"job {job_id!r} not found")
         return _job(row)
@@ -332,8 +319,7 @@ class KnowledgeRepository:
             statement = statement.where(j.c.pipeline_id == pipeline_id)
         if file_id is not None:
             statement = statement.where(j.c.file_id == file_id)
-        async with self._reading() as conn:
-            rows = (await conn.execute(statement)).mappings().all()
+        rows = await self._read(lambda conn: conn.execute(statement).mappings().all())
         return [_job(r) for r in rows]
 
     async def claim_next(self, lease: timedelta) -> Job | None:
@@ -349,20 +335,14 @@ class KnowledgeRepository:
             .where(other.c.file_id == j.c.file_id, other.c.status == "running")
             .exists()
         )
+        oldest = (
+            select(j)
+            .where(j.c.status == "pending", ~busy_file)
+            .order_by(j.c.created_at, j.c.job_id)
+            .limit(1)
+        )
         for _ in range(5):
-            async with self._reading() as conn:
-                row = (
-                    (
-                        await conn.execute(
-                            select(j)
-                            .where(j.c.status == "pending", ~busy_file)
-                            .order_by(j.c.created_at, j.c.job_id)
-                            .limit(1)
-                        )
-                    )
-                    .mappings()
-                    .first()
-                )
+            row = await self._read(lambda conn: conn.execute(oldest).mappings().first())
             if row is None:
                 return None
             now = utcnow()
@@ -373,48 +353,52 @@ class KnowledgeRepository:
                 "attempts": row["attempts"] + 1,
                 "error": None,
             }
-            async with self._writing() as conn:
-                result = await conn.execute(
-                    update(j)
-                    .where(j.c.job_id == row["job_id"], j.c.status == "pending")
-                    .values(**claimed)
-                )
-                if result.rowcount == 1:
-                    await conn.execute(
-                        update(self.t.doc)
-                        .where(self.t.doc.c.file_id == row["file_id"])
-                        .values(status="running", error=None, updated_at=now)
-                    )
-            if result.rowcount == 1:
+
+            if await self._write(partial(self._claim, row=row, claimed=claimed)):
                 return _job({**row, **claimed})
         return None
+
+    def _claim(self, conn: Connection, *, row: Mapping[Any, Any], claimed: dict[str, Any]) -> bool:
+        """Take the pending job ``row`` with ``claimed``'s values; False: another worker did."""
+        j = self.t.job
+        result = conn.execute(
+            update(j).where(j.c.job_id == row["job_id"], j.c.status == "pending").values(**claimed)
+        )
+        if result.rowcount != 1:
+            return False
+        conn.execute(
+            update(self.t.doc)
+            .where(self.t.doc.c.file_id == row["file_id"])
+            .values(status="running", error=None, updated_at=claimed["started_at"])
+        )
+        return True
 
     async def job_inputs(self, job: Job) -> tuple[Document, KnowledgeBase, bytes | None, bool]:
         """What a job reads, in one go: its document, base and content (None: gone), and
         whether the file may have chunks already (False only for the first attempt of the
         document's only job: nothing can have written them). NotFound: no document or base."""
         d, b, blob, j = self.t.doc, self.t.base, self.t.blob, self.t.job
-        async with self._reading() as conn:
-            drow = (
-                (await conn.execute(select(d).where(d.c.file_id == job.file_id))).mappings().first()
-            )
+
+        def read(conn: Connection) -> tuple[Document, KnowledgeBase, bytes | None, int]:
+            drow = conn.execute(select(d).where(d.c.file_id == job.file_id)).mappings().first()
             if drow is None:
                 raise NotFound(f"document {job.file_id!r} not found")
             brow = (
-                (await conn.execute(select(b).where(b.c.pipeline_id == drow["pipeline_id"])))
+                conn.execute(select(b).where(b.c.pipeline_id == drow["pipeline_id"]))
                 .mappings()
                 .first()
             )
             if brow is None:
                 raise NotFound(f"knowledge base {drow['pipeline_id']!r} not found")
-            content = (
-                await conn.execute(select(blob.c.content).where(blob.c.file_id == job.file_id))
+            content = conn.execute(
+                select(blob.c.content).where(blob.c.file_id == job.file_id)
             ).scalar_one_or_none()
-            jobs = (
-                await conn.execute(select(func.count()).where(j.c.file_id == job.file_id))
-            ).scalar_one()
-        may_have_chunks = job.attempts > 1 or int(jobs) > 1
-        return _doc(drow), _base(brow), None if content is None else bytes(content), may_have_chunks
+            jobs = conn.execute(select(func.count()).where(j.c.file_id == job.file_id)).scalar_one()
+            data = None if content is None else bytes(content)
+            return _doc(drow), _base(brow), data, int(jobs)
+
+        doc, base, content, jobs = await self._read(read)
+        return doc, base, content, job.attempts > 1 or jobs > 1
 
     async def end_job(
         self, job_id: str, file_id: str, *, chunks: int, error: str | None = None
@@ -429,34 +413,33 @@ class KnowledgeRepository:
         else:
             job.update(status="failed", error=error)
             doc = {"status": "failed", "chunk_count": 0, "error": error}
-        async with self._writing() as conn:
-            await conn.execute(
+
+        def end(conn: Connection) -> None:
+            conn.execute(
                 update(self.t.doc)
                 .where(self.t.doc.c.file_id == file_id)
                 .values(**doc, updated_at=now)
             )
-            await conn.execute(
-                update(self.t.job).where(self.t.job.c.job_id == job_id).values(**job)
-            )
+            conn.execute(update(self.t.job).where(self.t.job.c.job_id == job_id).values(**job))
+
+        await self._write(end)
 
     async def update_job(self, job_id: str, **values: Any) -> None:
         j = self.t.job
-        async with self._writing() as conn:
-            await conn.execute(update(j).where(j.c.job_id == job_id).values(**values))
+        statement = update(j).where(j.c.job_id == job_id).values(**values)
+        await self._write(lambda conn: conn.execute(statement))
 
     async def requeue_expired(self) -> int:
         """Running jobs whose lease ran out (their worker died) go back to pending."""
         j = self.t.job
-        async with self._writing() as conn:
-            result = await conn.execute(
-                update(j)
-                .where(j.c.status == "running", j.c.lease_until < utcnow())
-                .values(status="pending", lease_until=None)
-            )
-        return int(result.rowcount or 0)
+        statement = (
+            update(j)
+            .where(j.c.status == "running", j.c.lease_until < utcnow())
+            .values(status="pending", lease_until=None)
+        )
+        return int(await self._write(lambda conn: conn.execute(statement).rowcount or 0))
 
     async def pending_count(self) -> int:
         j = self.t.job
         statement = select(func.count()).where(j.c.status.in_(["pending", "running"]))
-        async with self._reading() as conn:
-            return int((await conn.execute(statement)).scalar_one())
+        return int(await self._read(lambda conn: conn.execute(statement).scalar_one()))
