@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -42,6 +41,7 @@ from typing import Any, cast
 import numpy as np
 import pyarrow as pa
 
+from flowhost.jsontext import compact_json, parse_json
 from flowhost.knowledge.embedding import cpus
 from flowhost.knowledge.filters import StoreFilter
 from flowhost.knowledge.vectorstore import RRF_K, ChunkRow, Hit, SearchResult
@@ -101,7 +101,7 @@ def _hit_json(row: ChunkRow) -> str:
         "position": row.position,
         "meta": row.meta,
     }
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    return compact_json(fields)
 
 
 def _columns(rows: Sequence[ChunkRow], schema: pa.Schema) -> dict[str, Any]:
@@ -178,11 +178,11 @@ def _fields(row: dict[str, Any]) -> dict[str, Any]:
     """A row read back (``_READ``, or ``_FIELDS`` of an older table) as a hit's fields."""
     packed = row.get("hit")
     if packed is not None:
-        fields: dict[str, Any] = json.loads(packed)
+        fields: dict[str, Any] = parse_json(packed)
         fields["text"] = row["text"]
         return fields
     meta = row.get("meta")
-    return {**row, "meta": json.loads(meta) if meta else {}}
+    return {**row, "meta": parse_json(meta) if meta else {}}
 
 
 def _hit(fields: dict[str, Any], similarity: float | None, rank: int) -> Hit:
