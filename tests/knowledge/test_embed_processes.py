@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 
@@ -41,8 +42,7 @@ def _fail_to_start(parent: int) -> None:
 
 
 async def test_processes_embed_as_the_model_does_in_this_process() -> None:
-    embedder = LocalEmbedder(processes=2)
-    try:
+    async with contextlib.aclosing(LocalEmbedder(processes=2)) as embedder:
         batches = [TEXTS[i : i + 7] for i in range(0, len(TEXTS), 7)]
         results = await asyncio.gather(*(embedder.embed_documents(b) for b in batches))
         pids = await _pids(embedder)
@@ -53,14 +53,11 @@ async def test_processes_embed_as_the_model_does_in_this_process() -> None:
         assert got.shape == expected.shape == (len(TEXTS), 512)
         assert np.allclose(got, expected, atol=1e-5)
         assert (await embedder.embed_documents([])).shape == (0, 512)
-    finally:
-        await embedder.aclose()
     assert await _pids(embedder) == set()
 
 
 async def test_a_cancelled_call_leaves_the_next_answers_right() -> None:
-    embedder = LocalEmbedder(processes=1)
-    try:
+    async with contextlib.aclosing(LocalEmbedder(processes=1)) as embedder:
         await embedder.embed_documents(TEXTS[:1])  # the process runs
         first = asyncio.ensure_future(embedder.embed_documents(TEXTS[:20]))
         second = asyncio.ensure_future(embedder.embed_documents(TEXTS[20:25]))
@@ -70,21 +67,16 @@ async def test_a_cancelled_call_leaves_the_next_answers_right() -> None:
         assert np.allclose(got, embedder.embed_sync(TEXTS[20:25]), atol=1e-5)
         again = await embedder.embed_documents(TEXTS[:3])
         assert np.allclose(again, embedder.embed_sync(TEXTS[:3]), atol=1e-5)
-    finally:
-        await embedder.aclose()
 
 
 async def test_a_killed_process_is_replaced() -> None:
-    embedder = LocalEmbedder(processes=1)
-    try:
+    async with contextlib.aclosing(LocalEmbedder(processes=1)) as embedder:
         await embedder.embed_documents(TEXTS[:2])
         (pid,) = await _pids(embedder)
         os.kill(pid, signal.SIGKILL)
         got = await embedder.embed_documents(TEXTS[:4])
         assert np.allclose(got, embedder.embed_sync(TEXTS[:4]), atol=1e-5)
         assert pid not in await _pids(embedder)
-    finally:
-        await embedder.aclose()
 
 
 async def test_a_service_indexes_through_the_processes(kb_settings: Settings, store: Store) -> None:
@@ -114,18 +106,14 @@ async def test_without_processes_documents_embed_in_threads(
     """Processes that cannot start (here: their start-up fails) leave the documents to
     threads of this process, from then on."""
     monkeypatch.setattr(embedding, "_start_worker", _fail_to_start)
-    embedder = LocalEmbedder(processes=2)
-    try:
+    async with contextlib.aclosing(LocalEmbedder(processes=2)) as embedder:
         got = await embedder.embed_documents(TEXTS[:5])
         assert np.allclose(got, embedder.embed_sync(TEXTS[:5]), atol=1e-5)
         assert embedder._pool is None  # threads from now on
-    finally:
-        await embedder.aclose()
 
 
 async def test_idle_processes_stop_and_start_again() -> None:
-    embedder = LocalEmbedder(processes=1)
-    try:
+    async with contextlib.aclosing(LocalEmbedder(processes=1)) as embedder:
         await embedder.embed_documents(TEXTS[:2])
         pool = embedder._pool
         assert pool is not None
@@ -136,8 +124,6 @@ async def test_idle_processes_stop_and_start_again() -> None:
         got = await embedder.embed_documents(TEXTS[:3])  # starts one again
         assert np.allclose(got, embedder.embed_sync(TEXTS[:3]), atol=1e-5)
         assert (await _pids(embedder)) - {first}
-    finally:
-        await embedder.aclose()
 
 
 def test_blas_threads_follow_the_embedder_never_the_models_default() -> None:
