@@ -35,6 +35,12 @@ def flow_named(name: str) -> Flow:
 
 
 @pytest.fixture
+def load_flow_named() -> Callable[[str], Flow]:
+    """``flow_named`` for test modules (a conftest is not importable from them)."""
+    return flow_named
+
+
+@pytest.fixture
 async def llm_client() -> AsyncIterator[LLMClient]:
     client = LLMClient()
     yield client

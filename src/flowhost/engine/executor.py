@@ -6,6 +6,11 @@ events leave in the order they happened. The first node failure cancels the rest
 with RunFailed. Closing the generator (the client went away) cancels every node task, and with
 them their in-flight LLM requests, and waits for them: no task outlives the run.
 
+A run whose nodes can all run inline as it starts (quick sync python functions, prompts: see
+``InlineNode``) runs them one after the other on the generator's own task instead, in the same
+(topological) order and with the same events: tasks, a queue and timeouts cost more than such a
+flow's work, and they could neither time out nor cancel a call that never awaits.
+
 Skipping follows promptflow: a node is skipped when its ``activate`` condition is false (or refers
 to a skipped node), or when it references other nodes and all of them were skipped. A reference
 to a skipped node reads as None.
@@ -16,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, cast
 
-from flowhost.engine.context import RunContext, set_run_context
+from flowhost.engine.context import RunContext, reset_run_context, set_run_context
 from flowhost.engine.events import (
     ErrorInfo,
     ModelUsage,
@@ -37,7 +42,7 @@ from flowhost.engine.events import (
 from flowhost.exceptions import FlowhostError, NodeError, NodeTimeout
 from flowhost.flows.loader import CompiledNode, Flow
 from flowhost.flows.spec import Reference
-from flowhost.nodes.base import NodeRuntime, NodeServices
+from flowhost.nodes.base import InlineNode, NodeRuntime, NodeServices
 
 __all__ = ["DEFAULT_NODE_TIMEOUT", "execute", "sum_usage"]
 
@@ -141,6 +146,41 @@ class _Run:
         for out, ref in flow.outputs.items():
             if out in flow.streaming_outputs:
                 self.echo.setdefault(ref.source, []).append(out)
+        self.outputs: dict[str, Any] = {}
+        self.pending_outputs = dict(flow.outputs)  # not known yet
+
+    def failed(self, error: ErrorInfo, start: float) -> RunFailed:
+        return RunFailed(self.run_id, error, _since(start), time.time(), sum_usage(self.usage))
+
+    def outputs_after(self, source: str | None) -> tuple[list[OutputReady], RunFailed | None]:
+        """The flow outputs that node ``source`` (None: the inputs) completes, and the run's
+        failure when one of them cannot be read (the outputs before it are ready)."""
+        ready: list[OutputReady] = []
+        for out, ref in list(self.pending_outputs.items()):
+            if (ref.is_input and source is None) or (not ref.is_input and ref.source == source):
+                try:
+                    self.outputs[out] = self.resolve(ref)
+                except Exception as exc:  # a bad ${node.output.field} path
+                    err = ErrorInfo("OutputError", f"output {out!r}: {exc}", node=source)
+                    return ready, RunFailed(self.run_id, err, 0.0, time.time())
+                del self.pending_outputs[out]
+                streamed = source is not None and out in self.flow.streaming_outputs
+                ready.append(
+                    OutputReady(self.run_id, out, self.outputs[out], streamed, time.time())
+                )
+        return ready, None
+
+    def node_inputs(self, node: CompiledNode) -> dict[str, Any] | NodeSkipped | NodeFailed:
+        """The node's resolved inputs; or NodeSkipped (its result is set), or NodeFailed when
+        one of its references cannot be read."""
+        name, ntype = node.name, node.impl.node_type
+        try:
+            if self._skipped(node):
+                self.results[name] = _SKIPPED
+                return NodeSkipped(self.run_id, name, ntype, time.time())
+            return {k: self.resolve(v) for k, v in node.inputs.items()}
+        except Exception as exc:  # a bad ${node.output.field} path
+            return NodeFailed(self.run_id, name, ntype, _error(exc, name), 0.0, time.time())
 
     def resolve(self, value: Any) -> Any:
         if not isinstance(value, Reference):
@@ -171,18 +211,14 @@ class _Run:
         for dep in node.deps:
             await self.finished[dep].wait()
         put = self.queue.put_nowait
-        try:
-            if self._skipped(node):
-                self.results[name] = _SKIPPED
-                put(NodeSkipped(self.run_id, name, ntype, time.time()))
-                return
-            inputs = {k: self.resolve(v) for k, v in node.inputs.items()}
-        except Exception as exc:  # a bad ${node.output.field} path
-            put(_Failed(NodeFailed(self.run_id, name, ntype, _error(exc, name), 0.0, time.time())))
+        inputs = self.node_inputs(node)
+        if isinstance(inputs, NodeSkipped):
+            put(inputs)
+            self._set_finished(name)
             return
-        finally:
-            if name in self.results:
-                self._set_finished(name)
+        if isinstance(inputs, NodeFailed):
+            put(_Failed(inputs))
+            return
         echo = self.echo.get(name, ())
 
         async def emit(delta: str) -> None:
@@ -241,6 +277,26 @@ class _Run:
         if event is not None:
             event.set()
 
+    def run_inline(
+        self, node: CompiledNode, impl: InlineNode, inputs: dict[str, Any], start: float
+    ) -> NodeFinished | NodeFailed:
+        """Run ``node`` now, on this task (see the module); ``start``: its perf_counter start."""
+        name = node.name
+        token = set_run_context(self.ctx)
+        try:
+            output = impl.run_inline(inputs, self.ctx)
+        except Exception as exc:
+            err = _error(exc, name)
+            return NodeFailed(
+                self.run_id, name, node.impl.node_type, err, _since(start), time.time(), {}, inputs
+            )
+        finally:
+            reset_run_context(token)
+        self.results[name] = output
+        return NodeFinished(
+            self.run_id, name, node.impl.node_type, output, _since(start), time.time(), (), inputs
+        )
+
 
 def _since(start: float) -> float:
     return time.perf_counter() - start
@@ -256,7 +312,7 @@ def _error(exc: BaseException, node: str) -> ErrorInfo:
     return ErrorInfo("NodeFailed", f"{type(exc).__name__}: {exc}", node=node, status=500)
 
 
-async def execute(
+def execute(
     flow: Flow,
     inputs: dict[str, Any],
     ctx: RunContext,
@@ -267,20 +323,67 @@ async def execute(
 ) -> AsyncGenerator[RunEvent, None]:
     """Run ``flow`` on already-validated ``inputs``; yield its events, ending in RunFinished or RunFailed."""
     run = _Run(flow, inputs, ctx, services, node_timeout)
+    inline = _inline_nodes(flow)
+    if inline is not None:
+        return _execute_inline(run, inline, trace_id)
+    return _execute_tasks(run, trace_id)
+
+
+def _inline_nodes(flow: Flow) -> list[InlineNode] | None:
+    """Every node's implementation when all can run inline right now, else None."""
+    impls: list[InlineNode] = []
+    for node in flow.nodes.values():
+        ready = getattr(node.impl, "inline_ready", None)
+        if ready is None or not ready():
+            return None
+        impls.append(cast(InlineNode, node.impl))
+    return impls
+
+
+async def _execute_inline(
+    run: _Run, impls: list[InlineNode], trace_id: str
+) -> AsyncGenerator[RunEvent, None]:
+    """Every node on this task, in the flow's (topological) order: see the module."""
+    start = time.perf_counter()
+    yield RunStarted(run.run_id, run.flow.name, time.time(), trace_id)
+    ready, failed = run.outputs_after(None)
+    for event in ready:
+        yield event
+    if failed is not None:
+        yield run.failed(failed.error, start)
+        return
+    for node, impl in zip(run.flow.nodes.values(), impls, strict=True):
+        inputs = run.node_inputs(node)
+        if isinstance(inputs, dict):
+            node_start = time.perf_counter()
+            yield NodeStarted(run.run_id, node.name, node.impl.node_type, time.time())
+            done: RunEvent = run.run_inline(node, impl, inputs, node_start)
+        else:
+            done = inputs
+        yield done
+        if isinstance(done, NodeFailed):
+            yield run.failed(done.error, start)
+            return
+        ready, failed = run.outputs_after(node.name)
+        for event in ready:
+            yield event
+        if failed is not None:
+            yield run.failed(failed.error, start)
+            return
+    yield RunFinished(run.run_id, run.outputs, (), _since(start), time.time())
+
+
+async def _execute_tasks(run: _Run, trace_id: str) -> AsyncGenerator[RunEvent, None]:
+    """A task per node, their events drained from the run's queue: see the module."""
+    flow = run.flow
     start = time.perf_counter()
     yield RunStarted(run.run_id, flow.name, time.time(), trace_id)
-    outputs: dict[str, Any] = {}
-    pending_outputs = dict(flow.outputs)
-    for out, ref in list(pending_outputs.items()):
-        if ref.is_input:
-            try:
-                outputs[out] = run.resolve(ref)
-            except Exception as exc:  # a bad ${inputs.x.field} path
-                err = ErrorInfo("OutputError", f"output {out!r}: {exc}")
-                yield RunFailed(run.run_id, err, _since(start), time.time())
-                return
-            del pending_outputs[out]
-            yield OutputReady(run.run_id, out, outputs[out], False, time.time())
+    ready, failed = run.outputs_after(None)
+    for event in ready:
+        yield event
+    if failed is not None:
+        yield run.failed(failed.error, start)
+        return
     tasks = [
         asyncio.create_task(run.run_node(n), name=f"node:{n.name}") for n in flow.nodes.values()
     ]
@@ -291,33 +394,19 @@ async def execute(
             if isinstance(item, _Failed):
                 yield item.event
                 await _cancel(tasks)  # the other nodes stop before the run is reported failed
-                yield RunFailed(
-                    run.run_id, item.event.error, _since(start), time.time(), sum_usage(run.usage)
-                )
+                yield run.failed(item.event.error, start)
                 return
             yield item
             if isinstance(item, NodeFinished | NodeSkipped):
                 remaining -= 1
-                for out, ref in list(pending_outputs.items()):
-                    if ref.source == item.node:
-                        try:
-                            outputs[out] = run.resolve(ref)
-                        except Exception as exc:  # a bad ${node.output.field} path
-                            err = ErrorInfo("OutputError", f"output {out!r}: {exc}", node=item.node)
-                            await _cancel(tasks)
-                            yield RunFailed(
-                                run.run_id, err, _since(start), time.time(), sum_usage(run.usage)
-                            )
-                            return
-                        del pending_outputs[out]
-                        yield OutputReady(
-                            run.run_id,
-                            out,
-                            outputs[out],
-                            out in flow.streaming_outputs,
-                            time.time(),
-                        )
-        yield RunFinished(run.run_id, outputs, sum_usage(run.usage), _since(start), time.time())
+                ready, failed = run.outputs_after(item.node)
+                for event in ready:
+                    yield event
+                if failed is not None:
+                    await _cancel(tasks)
+                    yield run.failed(failed.error, start)
+                    return
+        yield RunFinished(run.run_id, run.outputs, sum_usage(run.usage), _since(start), time.time())
     finally:
         await _cancel(tasks)
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from flowhost.llm.client import LLMClient
     from flowhost.llm.connections import ConnectionRegistry
 
-__all__ = ["NodeImpl", "NodeRuntime", "NodeServices"]
+__all__ = ["InlineNode", "NodeImpl", "NodeRuntime", "NodeServices"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +51,17 @@ class NodeImpl(Protocol):
     streaming: bool
 
     async def run(self, inputs: dict[str, Any], rt: NodeRuntime) -> Any: ...
+
+
+class InlineNode(Protocol):
+    """A node that can also run synchronously, on the engine's own task.
+
+    When every node of a flow says ``inline_ready()`` as a run starts, the engine calls
+    ``run_inline`` on each in turn instead of giving each a task (see ``engine.executor``): same
+    events, same results. Only for work that never awaits and takes microseconds (a quick sync
+    function, a template): such a call could not be timed out or cancelled on a task either.
+    """
+
+    def inline_ready(self) -> bool: ...
+
+    def run_inline(self, inputs: dict[str, Any], ctx: RunContext) -> Any: ...

@@ -12,6 +12,7 @@ import contextlib
 import json
 from typing import Any
 
+from flowhost.engine.context import RunContext
 from flowhost.engine.events import ModelUsage
 from flowhost.exceptions import LLMError
 from flowhost.llm.client import ChatChunk, LLMCallError
@@ -76,6 +77,12 @@ class PromptNode:
 
     def __init__(self, template: PromptTemplate) -> None:
         self.template = template
+
+    def inline_ready(self) -> bool:
+        return True  # rendering never awaits (``run`` renders on the loop as well)
+
+    def run_inline(self, inputs: dict[str, Any], ctx: RunContext) -> Any:
+        return self.template.render_text(inputs)
 
     async def run(self, inputs: dict[str, Any], rt: NodeRuntime) -> Any:
         return self.template.render_text(inputs)

@@ -295,7 +295,23 @@ class PythonNode:
                 field="inputs",
             )
 
+    def inline_ready(self) -> bool:
+        """A sync function that has shown itself quick (``InlinePolicy``) runs inline."""
+        return self.policy.inline and not (self.is_async or self.streaming)
+
+    def run_inline(self, inputs: dict[str, Any], ctx: RunContext) -> Any:
+        kwargs = dict(inputs)
+        if self.ctx_param:
+            kwargs[self.ctx_param] = ctx
+        start = time.perf_counter()
+        try:
+            return self.fn(**kwargs)
+        finally:
+            self.policy.record_inline(time.perf_counter() - start, self.node)
+
     async def run(self, inputs: dict[str, Any], rt: NodeRuntime) -> Any:
+        if self.inline_ready():
+            return self.run_inline(inputs, rt.ctx)
         kwargs = dict(inputs)
         if self.ctx_param:
             kwargs[self.ctx_param] = rt.ctx
@@ -310,15 +326,8 @@ class PythonNode:
             return await self.fn(**kwargs)
         if self.is_gen:
             return await self._run_generator(kwargs, rt)
-        policy = self.policy
-        if policy.inline:
-            start = time.perf_counter()
-            try:
-                return self.fn(**kwargs)
-            finally:
-                policy.record_inline(time.perf_counter() - start, self.node)
         run = await asyncio.to_thread(Measured, self.fn, kwargs)
-        policy.record_trial(run, self.node)
+        self.policy.record_trial(run, self.node)
         return run.get()
 
     async def _run_generator(self, kwargs: dict[str, Any], rt: NodeRuntime) -> str:
