@@ -96,6 +96,10 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         if not k.startswith(("OPENAI_", "DASHSCOPE_", "FLOWHOST_"))
     }
     env["PYTHONUNBUFFERED"] = "1"
+    # Bytecode caches as a deployed install has them (pip compiles a package as it installs it):
+    # with PYTHONDONTWRITEBYTECODE (set on some machines), the editable checkout's own modules
+    # would be compiled from source at every start, and start-up timed with that (~0.1 s here).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.update(extra or {})
     return env
