@@ -47,7 +47,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"any of {', '.join(SCENARIOS)} (default: all)",
     )
     parser.add_argument(
-        "--duration", type=float, help="seconds per timed load run (simple: 5, llm: 30)"
+        "--duration", type=float, help="seconds per timed load run (simple: 3 per round, llm: 30)"
     )
     parser.add_argument("--quick", action="store_true", help="short runs: the whole suite < 1 min")
     parser.add_argument(

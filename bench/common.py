@@ -38,8 +38,9 @@ class Config:
     pinning: Pinning
     loadgen: LoadGen
     quick: bool = False
-    simple_duration: float = 5.0
+    simple_duration: float = 3.0  # per round
     simple_warmup: float = 2.0
+    simple_rounds: int = 3  # the servers take turns, round after round (see bench/simple.py)
     # Each of the 500 users' requests lasts ~1 s and wrk starts them all at once, so the
     # first second of any window completes nothing: 10 s capped a 1.04 s median at ~450 req/s
     # whatever the server did. 30 s leaves that edge a thirtieth of the window.
@@ -61,7 +62,7 @@ class Config:
     ) -> Config:
         cfg = cls(pinning, loadgen, quick=quick)
         if quick:
-            cfg.simple_duration, cfg.simple_warmup = 2.0, 1.0
+            cfg.simple_duration, cfg.simple_warmup, cfg.simple_rounds = 2.0, 1.0, 1
             cfg.llm_duration, cfg.llm_warmup = 4.0, 1.0
             cfg.startup_runs, cfg.ttfb_samples = 3, 50
             cfg.streams_hold = 45.0

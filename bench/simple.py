@@ -1,13 +1,19 @@
 """Scenario ``simple``: flowhost's simple mode on the echo app vs a bare Starlette app.
 
 Both servers answer ``POST /`` with the body ``{"question": "hi"}`` by ``{"answer":"echo: hi"}``
-(checked byte for byte before the load). Each concurrency gets a warm-up, then a timed run, the
-bare app first; the server's CPU time per request comes from ``/proc/PID/stat``.
+(checked byte for byte before the load). Each concurrency gets a warm-up per server, then
+``simple_rounds`` rounds in which every server gets one timed run in turn, the bare app first:
+a machine whose speed drifts from minute to minute (seen here: the bare app's CPU per request
+moved by a third between runs minutes apart) then slows every server alike, and the ratio to
+the bare app is taken per round (the median of the rounds is the figure checked). Requests,
+time and CPU are summed over the rounds; latency percentiles are the median of the rounds'.
+The server's CPU time per request comes from ``/proc/PID/stat``.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 
 from bench.common import (
     Config,
@@ -39,13 +45,36 @@ NO_TRACE_ENV = {"FLOWHOST_ENABLE_TRACING": "false"}
 PROMPTFLOW = "promptflow (pf flow serve)"
 
 
-def _measure(cfg: Config, srv: ServerProc, conns: int, path: str) -> tuple[LoadResult, float]:
+def _measure(
+    cfg: Config, srv: ServerProc, conns: int, path: str, *, warm: bool
+) -> tuple[LoadResult, float]:
     body = json.dumps(BODY).encode()
     url = f"{srv.url}{path}"
-    cfg.loadgen.run(url, body, connections=conns, duration=cfg.simple_warmup)
+    if warm:
+        cfg.loadgen.run(url, body, connections=conns, duration=cfg.simple_warmup)
     cpu0 = cpu_seconds(srv.pid)
     res = cfg.loadgen.run(url, body, connections=conns, duration=cfg.simple_duration)
     return res, cpu_seconds(srv.pid) - cpu0
+
+
+def _combine(rounds: list[LoadResult]) -> LoadResult:
+    """One result for several runs: counts and time summed, percentiles the median of theirs."""
+    errors: dict[str, int] = {}
+    for r in rounds:
+        for k, v in r.errors.items():
+            errors[k] = errors.get(k, 0) + v
+    return LoadResult(
+        tool=rounds[0].tool,
+        connections=rounds[0].connections,
+        duration_s=sum(r.duration_s for r in rounds),
+        requests=sum(r.requests for r in rounds),
+        p50_ms=statistics.median(r.p50_ms for r in rounds),
+        p90_ms=statistics.median(r.p90_ms for r in rounds),
+        p99_ms=statistics.median(r.p99_ms for r in rounds),
+        mean_ms=statistics.median(r.mean_ms for r in rounds),
+        max_ms=max(r.max_ms for r in rounds),
+        errors=errors,
+    )
 
 
 def run(cfg: Config) -> Section:
@@ -56,8 +85,9 @@ def run(cfg: Config) -> Section:
         f"process). Without `--quick`, a third server, flowhost with "
         "`FLOWHOST_ENABLE_TRACING=false`, shows what run tracing costs, and promptflow's "
         "`pf flow serve` (from a side venv, `POST /score`) serves the same flow (no targets). "
-        f"{cfg.loadgen.tool}, {fmt_s(cfg.simple_warmup)} warm-up then "
-        f"{fmt_s(cfg.simple_duration)} per run; latencies in ms; server CPU from /proc.",
+        f"{cfg.loadgen.tool}, {fmt_s(cfg.simple_warmup)} warm-up per server, then "
+        f"{cfg.simple_rounds} round(s) of {fmt_s(cfg.simple_duration)} per server, the servers "
+        "taking turns; latencies in ms (median of the rounds'); server CPU from /proc.",
     )
     with Servers(cfg.pinning) as servers:
         targets: dict[str, ServerProc] = {
@@ -90,11 +120,22 @@ def run(cfg: Config) -> Section:
                 sec.notes.append(
                     f"{name} has not loaded uvloop + httptools (found: {sorted(libs)})"
                 )
-        results: dict[tuple[str, int], tuple[LoadResult, float]] = {}
+        runs: dict[tuple[str, int], list[tuple[LoadResult, float]]] = {}
         for conns in CONNECTIONS:
-            for name, srv in targets.items():
-                results[name, conns] = _measure(cfg, srv, conns, paths[name])
+            for turn in range(cfg.simple_rounds):
+                for name, srv in targets.items():
+                    run = _measure(cfg, srv, conns, paths[name], warm=turn == 0)
+                    runs.setdefault((name, conns), []).append(run)
         rss = {name: rss_bytes(srv.pid) for name, srv in targets.items()}
+    results = {
+        key: (_combine([r for r, _ in rounds]), sum(cpu for _, cpu in rounds))
+        for key, rounds in runs.items()
+    }
+
+    def ratios(name: str, conns: int) -> list[float]:
+        """flowhost/bare req/s, round by round."""
+        pairs = zip(runs[name, conns], runs["bare", conns], strict=True)
+        return [ratio(f.rps, b.rps) for (f, _), (b, _) in pairs]
 
     rows = [["conns", "server", "req/s", "p50", "p90", "p99", "server CPU µs/req", "errors"]]
     for (name, conns), (res, cpu) in results.items():
@@ -113,16 +154,27 @@ def run(cfg: Config) -> Section:
         )
         if res.error_count:
             sec.notes.append(f"{name} at {conns} connections had errors: {res.error_text()}")
-    cmp_rows = [["conns", "server", "req/s vs bare", "p50 - bare (ms)", "p99 vs bare"]]
+    cmp_rows = [
+        [
+            "conns",
+            "server",
+            "req/s vs bare (median of rounds)",
+            "rounds",
+            "p50 - bare (ms)",
+            "p99 vs bare",
+        ]
+    ]
     for conns in CONNECTIONS:
         b = results["bare", conns][0]
         for name in [t for t in targets if t != "bare"]:
             f = results[name, conns][0]
+            each = ratios(name, conns)
             cmp_rows.append(
                 [
                     str(conns),
                     name,
-                    f"{ratio(f.rps, b.rps):.2f}",
+                    f"{statistics.median(each):.2f}",
+                    ", ".join(f"{r:.2f}" for r in each),
                     f"{f.p50_ms - b.p50_ms:+.3f}",
                     f"{ratio(f.p99_ms, b.p99_ms):.2f}",
                 ]
@@ -130,12 +182,13 @@ def run(cfg: Config) -> Section:
     sec.tables += [rows, cmp_rows]
     b32, f32 = results["bare", 32][0], results["flowhost", 32][0]
     b1, f1 = results["bare", 1][0], results["flowhost", 1][0]
+    r32 = statistics.median(ratios("flowhost", 32))
     sec.checks += [
         Check(
-            "req/s at 32 connections, flowhost/bare",
-            f"{ratio(f32.rps, b32.rps):.0%} ({f32.rps:,.0f} vs {b32.rps:,.0f})",
+            "req/s at 32 connections, flowhost/bare (median of rounds)",
+            f"{r32:.0%} ({f32.rps:,.0f} vs {b32.rps:,.0f})",
             f">= {MIN_RPS_RATIO:.0%}",
-            ratio(f32.rps, b32.rps) >= MIN_RPS_RATIO and not f32.error_count,
+            r32 >= MIN_RPS_RATIO and not f32.error_count,
         ),
         Check(
             "p50 at 1 connection, flowhost - bare",
