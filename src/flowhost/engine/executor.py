@@ -149,6 +149,16 @@ class _Run:
         self.outputs: dict[str, Any] = {}
         self.pending_outputs = dict(flow.outputs)  # not known yet
 
+    def opening(self, trace_id: str, start: float) -> list[RunEvent]:
+        """RunStarted, then the flow outputs the inputs complete; last a RunFailed when one of
+        them cannot be read."""
+        events: list[RunEvent] = [RunStarted(self.run_id, self.flow.name, time.time(), trace_id)]
+        ready, failed = self.outputs_after(None)
+        events += ready
+        if failed is not None:
+            events.append(self.failed(failed.error, start))
+        return events
+
     def failed(self, error: ErrorInfo, start: float) -> RunFailed:
         return RunFailed(self.run_id, error, _since(start), time.time(), sum_usage(self.usage))
 
@@ -345,12 +355,10 @@ async def _execute_inline(
 ) -> AsyncGenerator[RunEvent, None]:
     """Every node on this task, in the flow's (topological) order: see the module."""
     start = time.perf_counter()
-    yield RunStarted(run.run_id, run.flow.name, time.time(), trace_id)
-    ready, failed = run.outputs_after(None)
-    for event in ready:
+    opening = run.opening(trace_id, start)
+    for event in opening:
         yield event
-    if failed is not None:
-        yield run.failed(failed.error, start)
+    if isinstance(opening[-1], RunFailed):
         return
     for node, impl in zip(run.flow.nodes.values(), impls, strict=True):
         inputs = run.node_inputs(node)
@@ -377,12 +385,10 @@ async def _execute_tasks(run: _Run, trace_id: str) -> AsyncGenerator[RunEvent, N
     """A task per node, their events drained from the run's queue: see the module."""
     flow = run.flow
     start = time.perf_counter()
-    yield RunStarted(run.run_id, flow.name, time.time(), trace_id)
-    ready, failed = run.outputs_after(None)
-    for event in ready:
+    opening = run.opening(trace_id, start)
+    for event in opening:
         yield event
-    if failed is not None:
-        yield run.failed(failed.error, start)
+    if isinstance(opening[-1], RunFailed):
         return
     tasks = [
         asyncio.create_task(run.run_node(n), name=f"node:{n.name}") for n in flow.nodes.values()
