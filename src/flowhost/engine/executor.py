@@ -147,37 +147,38 @@ class _Run:
             if out in flow.streaming_outputs:
                 self.echo.setdefault(ref.source, []).append(out)
         self.outputs: dict[str, Any] = {}
-        self.pending_outputs = dict(flow.outputs)  # not known yet
+        # node (None: the inputs) -> the flow outputs it completes, in the flow's order
+        self.outputs_of: dict[str | None, list[str]] = {}
+        for out, ref in flow.outputs.items():
+            self.outputs_of.setdefault(None if ref.is_input else ref.source, []).append(out)
 
     def opening(self, trace_id: str, start: float) -> list[RunEvent]:
         """RunStarted, then the flow outputs the inputs complete; last a RunFailed when one of
         them cannot be read."""
         events: list[RunEvent] = [RunStarted(self.run_id, self.flow.name, time.time(), trace_id)]
-        ready, failed = self.outputs_after(None)
+        ready, error = self.outputs_after(None)
         events += ready
-        if failed is not None:
-            events.append(self.failed(failed.error, start))
+        if error is not None:
+            events.append(self.failed(error, start))
         return events
 
     def failed(self, error: ErrorInfo, start: float) -> RunFailed:
         return RunFailed(self.run_id, error, _since(start), time.time(), sum_usage(self.usage))
 
-    def outputs_after(self, source: str | None) -> tuple[list[OutputReady], RunFailed | None]:
-        """The flow outputs that node ``source`` (None: the inputs) completes, and the run's
-        failure when one of them cannot be read (the outputs before it are ready)."""
+    def outputs_after(self, source: str | None) -> tuple[list[OutputReady], ErrorInfo | None]:
+        """The flow outputs that node ``source`` (None: the inputs) completes, and the error
+        that fails the run when one of them cannot be read (the outputs before it are ready)."""
+        names = self.outputs_of.get(source)
+        if not names:
+            return [], None
         ready: list[OutputReady] = []
-        for out, ref in list(self.pending_outputs.items()):
-            if (ref.is_input and source is None) or (not ref.is_input and ref.source == source):
-                try:
-                    self.outputs[out] = self.resolve(ref)
-                except Exception as exc:  # a bad ${node.output.field} path
-                    err = ErrorInfo("OutputError", f"output {out!r}: {exc}", node=source)
-                    return ready, RunFailed(self.run_id, err, 0.0, time.time())
-                del self.pending_outputs[out]
-                streamed = source is not None and out in self.flow.streaming_outputs
-                ready.append(
-                    OutputReady(self.run_id, out, self.outputs[out], streamed, time.time())
-                )
+        for out in names:
+            try:
+                value = self.outputs[out] = self.resolve(self.flow.outputs[out])
+            except Exception as exc:  # a bad ${node.output.field} path
+                return ready, ErrorInfo("OutputError", f"output {out!r}: {exc}", node=source)
+            streamed = source is not None and out in self.flow.streaming_outputs
+            ready.append(OutputReady(self.run_id, out, value, streamed, time.time()))
         return ready, None
 
     def node_inputs(self, node: CompiledNode) -> dict[str, Any] | NodeSkipped | NodeFailed:
@@ -372,11 +373,11 @@ async def _execute_inline(
         if isinstance(done, NodeFailed):
             yield run.failed(done.error, start)
             return
-        ready, failed = run.outputs_after(node.name)
+        ready, error = run.outputs_after(node.name)
         for event in ready:
             yield event
-        if failed is not None:
-            yield run.failed(failed.error, start)
+        if error is not None:
+            yield run.failed(error, start)
             return
     yield RunFinished(run.run_id, run.outputs, (), _since(start), time.time())
 
@@ -405,12 +406,12 @@ async def _execute_tasks(run: _Run, trace_id: str) -> AsyncGenerator[RunEvent, N
             yield item
             if isinstance(item, NodeFinished | NodeSkipped):
                 remaining -= 1
-                ready, failed = run.outputs_after(item.node)
+                ready, error = run.outputs_after(item.node)
                 for event in ready:
                     yield event
-                if failed is not None:
+                if error is not None:
                     await _cancel(tasks)
-                    yield run.failed(failed.error, start)
+                    yield run.failed(error, start)
                     return
         yield RunFinished(run.run_id, run.outputs, sum_usage(run.usage), _since(start), time.time())
     finally:

@@ -267,6 +267,7 @@ class PythonNode:
         self.is_gen = inspect.isgeneratorfunction(fn)
         self.is_agen = inspect.isasyncgenfunction(fn)
         self.streaming = self.is_gen or self.is_agen
+        self.plain = not (self.is_async or self.streaming)  # a sync function returning a value
         self.node = node
         self.policy = InlinePolicy()
         sig = inspect.signature(fn)
@@ -297,7 +298,7 @@ class PythonNode:
 
     def inline_ready(self) -> bool:
         """A sync function that has shown itself quick (``InlinePolicy``) runs inline."""
-        return self.policy.inline and not (self.is_async or self.streaming)
+        return self.policy.inline and self.plain
 
     def run_inline(self, inputs: dict[str, Any], ctx: RunContext) -> Any:
         kwargs = dict(inputs)
@@ -310,7 +311,7 @@ class PythonNode:
             self.policy.record_inline(time.perf_counter() - start, self.node)
 
     async def run(self, inputs: dict[str, Any], rt: NodeRuntime) -> Any:
-        if self.inline_ready():
+        if self.plain and self.policy.inline:
             return self.run_inline(inputs, rt.ctx)
         kwargs = dict(inputs)
         if self.ctx_param:
