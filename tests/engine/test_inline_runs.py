@@ -53,11 +53,17 @@ nodes:
   inputs: {text: "${greet.output}"}
 """
 SHOUT = """
+import contextvars
+
 from flowhost import RunContext, run_context, tool
+
+MARK = contextvars.ContextVar("mark", default="unset")
 
 @tool
 def shout(text: str, ctx: RunContext) -> str:
     assert run_context() is ctx
+    ctx.extra["mark_before"] = MARK.get()
+    MARK.set("set by shout")  # a node's context variables end with the node, as in a task
     return f"{text.upper()} ({ctx.run_id})"
 """
 
@@ -120,6 +126,11 @@ async def test_prompt_nodes_run_inline_with_the_run_context(
     assert last.outputs == {"greeting": "HELLO, ADA! (run-1)", "prompt": "Hello, Ada!"}
     with pytest.raises(RuntimeError):
         run_context()  # set for the node only, not left on the caller's context
+    # a second inline run on this task: the first run's context variable did not stay
+    ctx = RunContext(run_id="run-2")
+    set_inline(flow, True)
+    await run(flow, {"name": "Ada"}, ctx=ctx)
+    assert ctx.extra["mark_before"] == "unset"
 
 
 async def test_an_inline_run_creates_no_task(run: Run, load_flow_named: Load) -> None:

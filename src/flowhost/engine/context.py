@@ -62,7 +62,3 @@ def run_context() -> RunContext:
 
 def set_run_context(ctx: RunContext) -> contextvars.Token[RunContext | None]:
     return _current.set(ctx)
-
-
-def reset_run_context(token: contextvars.Token[RunContext | None]) -> None:
-    _current.reset(token)

@@ -19,11 +19,12 @@ to a skipped node reads as None.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import AsyncGenerator
 from typing import Any, cast
 
-from flowhost.engine.context import RunContext, reset_run_context, set_run_context
+from flowhost.engine.context import RunContext, set_run_context
 from flowhost.engine.events import (
     ErrorInfo,
     ModelUsage,
@@ -288,21 +289,25 @@ class _Run:
         if event is not None:
             event.set()
 
+    def _call_inline(self, impl: InlineNode, inputs: dict[str, Any]) -> Any:
+        set_run_context(self.ctx)
+        return impl.run_inline(inputs, self.ctx)
+
     def run_inline(
         self, node: CompiledNode, impl: InlineNode, inputs: dict[str, Any], start: float
     ) -> NodeFinished | NodeFailed:
-        """Run ``node`` now, on this task (see the module); ``start``: its perf_counter start."""
+        """Run ``node`` now, on this task (see the module); ``start``: its perf_counter start.
+
+        In a copy of the task's context, as a node task would be: what the node sets there (the
+        run context, any context variable of its own) ends with it."""
         name = node.name
-        token = set_run_context(self.ctx)
         try:
-            output = impl.run_inline(inputs, self.ctx)
+            output = contextvars.copy_context().run(self._call_inline, impl, inputs)
         except Exception as exc:
             err = _error(exc, name)
             return NodeFailed(
                 self.run_id, name, node.impl.node_type, err, _since(start), time.time(), {}, inputs
             )
-        finally:
-            reset_run_context(token)
         self.results[name] = output
         return NodeFinished(
             self.run_id, name, node.impl.node_type, output, _since(start), time.time(), (), inputs

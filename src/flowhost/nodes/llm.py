@@ -85,7 +85,7 @@ class PromptNode:
         return self.template.render_text(inputs)
 
     async def run(self, inputs: dict[str, Any], rt: NodeRuntime) -> Any:
-        return self.template.render_text(inputs)
+        return self.run_inline(inputs, rt.ctx)
 
 
 class LLMNode:
