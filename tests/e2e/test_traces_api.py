@@ -158,6 +158,35 @@ def test_the_trace_api_needs_the_token_and_is_documented(examples_server: Any) -
     assert "get" in paths["/api/v1/traces/{trace_id}"]
 
 
+def test_runs_of_inline_nodes_are_traced_alike(examples_server: Any) -> None:
+    """After its quick trial runs in the thread pool, echo's node runs inline on the request's
+    task (engine/executor.py): its runs' traces stay the same tree."""
+
+    def shape(trace: dict[str, Any]) -> list[Any]:
+        (root,) = trace["spans"]
+        (node,) = root["children"]
+        return [
+            (span["name"], span["span_type"], span["status"], span["inputs"], span["output"])
+            for span in (root, node)
+        ]
+
+    with client(examples_server) as c:
+        ids = []
+        for _ in range(40):  # twice InlinePolicy.TRIAL_RUNS
+            resp = c.post("/apps/echo", json={"question": "hi"})
+            assert resp.json() == {"answer": "echo: hi"}
+            ids.append(resp.headers["X-Trace-Id"])
+        first, last = (c.get(f"/api/v1/traces/{t}").json() for t in (ids[0], ids[-1]))
+    assert shape(last) == shape(first)
+    assert shape(last)[1] == (
+        "echo",
+        "python",
+        "completed",
+        {"question": "hi", "chat_history": []},
+        "echo: hi",
+    )
+
+
 def test_an_incoming_traceparent_is_continued(examples_server: Any) -> None:
     parent_trace, parent_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
     headers = {**AUTH, "traceparent": f"00-{parent_trace}-{parent_span}-01"}
