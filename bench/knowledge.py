@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.report import speed_reference
 from flowhost.knowledge.filters import StoreFilter, meta_label, structured_label, tag_label
 from flowhost.knowledge.lancedb_store import LanceDBStore
 from flowhost.knowledge.vectorstore import ChunkRow, fuse
@@ -305,6 +306,7 @@ def run(
         s["p50_ms"] <= 10 and s["recall_at_10"] >= 0.95 for s in retrieval["shapes"].values()
     )
     return {
+        "speed_reference": speed_reference(),  # the 10 ms target moves with the machine
         "retrieval": retrieval,
         "ingestion": ingestion,
         "ok": shapes_ok and ingestion["ratio"] >= 0.8,

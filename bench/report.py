@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -157,6 +158,26 @@ def background_load(seconds: float = 1.0) -> str:
     return f"{busy:.0%} of all CPUs busy, load average {load1:.2f}{warn}"
 
 
+def _reference_work() -> int:
+    n = 0
+    for i in range(200_000):
+        item: dict[str, str] = {"id": str(i), "text": f"item {i}"}
+        n += len(item["text"])
+    return n
+
+
+def speed_reference(rounds: int = 5) -> str:
+    """CPU time of a fixed pure-Python loop (dicts, f-strings), the median of ``rounds``: the
+    absolute targets (cold start, latencies, retrieval) move with it from machine to machine,
+    ratios to a same-run baseline do not. Lower is faster."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.process_time()
+        _reference_work()
+        times.append(time.process_time() - t0)
+    return f"{statistics.median(times) * 1e3:.0f} ms of CPU for a fixed Python loop (lower: faster)"
+
+
 def machine_description(
     root: Path, *, loadgen: str, pinning: str, load_before: str
 ) -> list[list[str]]:
@@ -169,6 +190,7 @@ def machine_description(
         ["memory", _mem_total()],
         ["OS", f"{platform.system()} {platform.release()} ({platform.machine()})"],
         ["Python", f"{platform.python_implementation()} {platform.python_version()}"],
+        ["speed reference", speed_reference()],
         ["packages", ", ".join(f"{p} {_version(p)}" for p in PACKAGES)],
         ["load generator", loadgen],
         ["CPU pinning", pinning],
