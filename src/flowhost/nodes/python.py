@@ -311,7 +311,7 @@ class PythonNode:
             self.policy.record_inline(time.perf_counter() - start, self.node)
 
     async def run(self, inputs: dict[str, Any], rt: NodeRuntime) -> Any:
-        if self.plain and self.policy.inline:
+        if self.inline_ready():
             return self.run_inline(inputs, rt.ctx)
         kwargs = dict(inputs)
         if self.ctx_param:
