@@ -148,10 +148,6 @@ class _Run:
             if out in flow.streaming_outputs:
                 self.echo.setdefault(ref.source, []).append(out)
         self.outputs: dict[str, Any] = {}
-        # node (None: the inputs) -> the flow outputs it completes, in the flow's order
-        self.outputs_of: dict[str | None, list[str]] = {}
-        for out, ref in flow.outputs.items():
-            self.outputs_of.setdefault(None if ref.is_input else ref.source, []).append(out)
 
     def opening(self, trace_id: str, start: float) -> list[RunEvent]:
         """RunStarted, then the flow outputs the inputs complete; last a RunFailed when one of
@@ -169,7 +165,7 @@ class _Run:
     def outputs_after(self, source: str | None) -> tuple[list[OutputReady], ErrorInfo | None]:
         """The flow outputs that node ``source`` (None: the inputs) completes, and the error
         that fails the run when one of them cannot be read (the outputs before it are ready)."""
-        names = self.outputs_of.get(source)
+        names = self.flow.outputs_of.get(source)
         if not names:
             return [], None
         ready: list[OutputReady] = []

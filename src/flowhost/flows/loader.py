@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from dataclasses import dataclass, field
@@ -63,6 +64,14 @@ class Flow:
     @property
     def is_chat(self) -> bool:
         return self.chat_input is not None
+
+    @functools.cached_property
+    def outputs_of(self) -> dict[str | None, list[str]]:
+        """Node (None: the inputs) -> the flow outputs it completes, in the flow's order."""
+        by_source: dict[str | None, list[str]] = {}
+        for out, ref in self.outputs.items():
+            by_source.setdefault(None if ref.is_input else ref.source, []).append(out)
+        return by_source
 
 
 def find_flow_file(folder: Path) -> Path | None:
