@@ -1,0 +1,33 @@
+"""The benchmarks' own bookkeeping, on inputs small enough for a test (timings are not checked:
+those belong to ``make bench``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bench.knowledge import SHAPES, _retrieval
+
+from flowhost.knowledge.lancedb_store import IVF_MIN_ROWS
+
+pytestmark = pytest.mark.anyio
+CHUNKS = 3000
+
+
+async def test_knowledge_recall_is_measured_against_the_right_exact_results(
+    tmp_path: Path,
+) -> None:
+    # Below IVF_MIN_ROWS chunks the table has no vector index, so every vector search is
+    # exact: the benchmark's recall, against its own numpy search of the same filtered rows
+    # (computed ahead for every query, the shapes taking turns), must come out (near) 1.0. A
+    # query paired with another query's exact results would score near 0.
+    assert CHUNKS < IVF_MIN_ROWS
+    out = await _retrieval(CHUNKS, 4, tmp_path, "uniform")
+    assert list(out["shapes"]) == list(SHAPES)
+    for name, shape in out["shapes"].items():
+        assert shape["recall_at_10"] >= 0.95, name  # float ties at rank 10 aside
+        assert 0 < shape["p50_ms"] <= shape["p95_ms"], name
+    rows = {name: shape["rows"] for name, shape in out["shapes"].items()}
+    assert rows["no rag_options (all 10 bases)"] == CHUNKS
+    assert rows["pipeline_ids (1 of 10 bases)"] == CHUNKS // 10
+    assert rows["file_ids (2 files)"] == 10  # file_11 (file_303 is beyond 3,000 chunks), 2 bases
