@@ -21,7 +21,7 @@ from flowhost.store import Store
 from flowhost.store.names import service_names
 from flowhost.store.schema import tables_for
 from flowhost.store.traces import RunRecord, SpanRecord, TraceQuery, TraceRepository, trace_table
-from flowhost.tracing.pipeline import MAX_BATCH, SpanPipeline
+from flowhost.tracing.pipeline import SpanPipeline
 from flowhost.tracing.spans import SpanData
 
 pytestmark = pytest.mark.anyio
@@ -215,37 +215,3 @@ async def _drop_service(store: Store) -> None:
     Table(names.version_table, metadata, Column("version_num", String(32), primary_key=True))
     async with store.engine.begin() as conn:
         await conn.run_sync(metadata.drop_all)
-
-
-class _Recorder:
-    """A repository that records what it is handed, and the ticks seen by then."""
-
-    def __init__(self, clock: list[int]) -> None:
-        self.clock = clock
-        self.writes: list[tuple[int, list[str]]] = []
-
-    async def add_runs(self, batch: list[RunRecord]) -> None:  # never suspends
-        self.writes.append((self.clock[0], [r.name for r in batch]))
-
-
-async def test_a_long_queue_is_written_in_steps_with_requests_running_between() -> None:
-    clock = [0]
-    recorder = _Recorder(clock)
-    writer = pipeline(recorder)  # type: ignore[arg-type]
-    runs = 2 * MAX_BATCH + 5
-    for i in range(runs):
-        writer.emit(SpanData(i + 1, i + 1, f"run{i}", 0, {"flowhost.span_type": "flow"}), [])
-
-    async def ticker() -> None:  # stands for the requests the event loop serves meanwhile
-        while True:
-            clock[0] += 1
-            await anyio.sleep(0)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(ticker)
-        await writer.flush()
-        tg.cancel_scope.cancel()
-    assert [len(names) for _, names in recorder.writes] == [MAX_BATCH, MAX_BATCH, 5]
-    assert [n for _, names in recorder.writes for n in names] == [f"run{i}" for i in range(runs)]
-    ticks = [tick for tick, _ in recorder.writes]
-    assert ticks[0] < ticks[1] < ticks[2]  # the loop ran other tasks between the steps

@@ -5,8 +5,8 @@ it to a deque (and, for the first run of a batch, wakes the pipeline's task), so
 waits for a database or a network. One background task lets a short window pass so that a batch
 forms, then
 
-- writes the batch to the local span store, one row per run (when there is a store), in
-  transactions of at most ``MAX_BATCH`` runs, and
+- writes the batch to the local span store in one statement, one row per run (when there is a
+  store), and
 - gives each span, as an SDK ``ReadableSpan``, to the span processors (the OTLP exporter's
   ``BatchSpanProcessor``, which exports from its own thread);
 
@@ -40,11 +40,7 @@ __all__ = ["SpanPipeline"]
 log = logging.getLogger("flowhost.tracing")
 
 MAX_PENDING: Final = 20_000
-# Runs handed on per step (one transaction, one statement): each step holds the event loop
-# (records) and then the GIL (rows, in the store's thread) for a moment, and requests run between
-# steps. 1,000 at once held them for ~5 ms: p99 of 5.5-6.2 ms at one connection on the echo app,
-# 1.5-2.3 ms with 64, at no measurable cost in throughput (bench/RESULTS.md, 2026-12-01).
-MAX_BATCH: Final = 64
+MAX_BATCH: Final = 1_000
 
 
 class SpanPipeline:
@@ -138,7 +134,6 @@ class SpanPipeline:
                             processor.on_end(to_readable(span, self.resource, self.scope))
                 if self.repository is not None:
                     await self._write([to_record(run, nodes) for run, nodes in batch])
-                await asyncio.sleep(0)  # requests run between steps, whatever the store does
             if self._dropped:
                 log.warning("tracing: %d runs' spans dropped (queue full)", self._dropped)
                 self._dropped = 0
