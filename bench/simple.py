@@ -43,6 +43,7 @@ NO_TRACE = "flowhost, tracing off"
 NO_TRACE_ENV = {"FLOWHOST_ENABLE_TRACING": "false"}
 # And promptflow's own server on the same flow, when it installs in a side venv (no target).
 PROMPTFLOW = "promptflow (pf flow serve)"
+DROPPED = "spans dropped"  # what flowhost logs when its span queue is full (tracing.pipeline)
 
 
 def _measure(
@@ -127,6 +128,10 @@ def run(cfg: Config) -> Section:
                     run = _measure(cfg, srv, conns, paths[name], warm=turn == 0)
                     runs.setdefault((name, conns), []).append(run)
         rss = {name: rss_bytes(srv.pid) for name, srv in targets.items()}
+        # A server whose span queue overflowed skipped that tracing work and looks faster.
+        dropped = {name for name, srv in targets.items() if DROPPED in srv.output()}
+    for name in dropped:
+        sec.notes.append(f"{name} dropped spans (its log says so): its figures leave that work out")
     results = {
         key: (_combine([r for r, _ in rounds]), sum(cpu for _, cpu in rounds))
         for key, rounds in runs.items()
@@ -188,7 +193,7 @@ def run(cfg: Config) -> Section:
             "req/s at 32 connections, flowhost/bare (median of rounds)",
             f"{r32:.0%} ({f32.rps:,.0f} vs {b32.rps:,.0f})",
             f">= {MIN_RPS_RATIO:.0%}",
-            r32 >= MIN_RPS_RATIO and not f32.error_count,
+            r32 >= MIN_RPS_RATIO and not f32.error_count and "flowhost" not in dropped,
         ),
         Check(
             "p50 at 1 connection, flowhost - bare",
