@@ -41,6 +41,13 @@ log = logging.getLogger("flowhost.tracing")
 
 MAX_PENDING: Final = 20_000
 MAX_BATCH: Final = 1_000
+# How long the task lets a batch form after the first run of it arrives. Writing a batch holds
+# the event loop (records) and then the GIL (rows, in the store's thread) for ~5 µs a run, so a
+# batch is a pause for the requests of the moment: at 4,000 req/s a 0.2 s window made ~800-run
+# batches, p99 5.0-6.1 ms at one connection on the echo app; 20 ms: 2.6 ms. Under load a batch
+# still grows to what arrives while the last one is written (no span dropped at 32
+# connections, p99 and RSS lower than with 0.2 s), for ~3% more CPU a request.
+BATCH_WINDOW: Final = 0.02
 
 
 class SpanPipeline:
@@ -54,7 +61,7 @@ class SpanPipeline:
         resource: Resource,
         scope: InstrumentationScope,
         retention_days: float,
-        batch_window: float = 0.2,
+        batch_window: float = BATCH_WINDOW,
         prune_interval: float = 3600.0,
         max_pending: int = MAX_PENDING,
     ) -> None:
