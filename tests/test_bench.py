@@ -24,6 +24,7 @@ async def test_knowledge_recall_is_measured_against_the_right_exact_results(
     assert CHUNKS < IVF_MIN_ROWS
     out = await _retrieval(CHUNKS, 4, tmp_path, "uniform")
     assert list(out["shapes"]) == list(SHAPES)
+    assert out["lancedb_count_p50_ms"] > 0
     for name, shape in out["shapes"].items():
         assert shape["recall_at_10"] >= 0.95, name  # float ties at rank 10 aside
         assert 0 < shape["p50_ms"] <= shape["p95_ms"], name
