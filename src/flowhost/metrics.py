@@ -28,7 +28,7 @@ from starlette.responses import Response
 from flowhost.engine.events import OutputDelta, OutputReady, RunEvent, RunFailed, RunFinished
 from flowhost.service import PreparedRun
 
-__all__ = ["MULTIPROC_ENV", "MetricsSink", "metrics_endpoint", "render_metrics"]
+__all__ = ["MULTIPROC_ENV", "TRACES_LOST", "MetricsSink", "metrics_endpoint", "render_metrics"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -61,6 +61,12 @@ ERRORS = Counter(
     "flowhost_run_errors",
     "Failed runs by app and error code (NodeFailed, NodeTimeout, LLMError, ...).",
     ["app", "code"],
+)
+TRACES_LOST = Counter(
+    "flowhost_trace_runs_lost",
+    "Runs whose trace was lost: dropped from the full span queue (reason=dropped) or not "
+    "written to the local span store (reason=store_error).",
+    ["reason"],
 )
 
 

@@ -14,6 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from prometheus_client import REGISTRY
 from sqlalchemy import Column, Connection, MetaData, String, Table
 from tracing_support import MakeTraced
 
@@ -152,17 +153,44 @@ async def test_the_writer_prunes_at_start(repo: TraceRepository) -> None:
     assert len(await repo.get_trace("b" * 32)) == 1
 
 
+def lost(reason: str) -> float:
+    """flowhost_trace_runs_lost_total{reason} as /metrics reports it."""
+    return REGISTRY.get_sample_value("flowhost_trace_runs_lost_total", {"reason": reason}) or 0.0
+
+
 async def test_a_full_queue_drops_the_oldest_spans_and_says_so(
     repo: TraceRepository, caplog: pytest.LogCaptureFixture
 ) -> None:
     small = pipeline(repo, max_pending=3)
+    before = lost("dropped")
     for i in range(4):
         small.emit(SpanData(i + 1, i + 1, f"s{i}", 0, {"flowhost.span_type": "flow"}), [])
     with caplog.at_level(logging.WARNING, "flowhost.tracing"):
         await small.flush()
     assert "1 runs' spans dropped" in caplog.text
+    assert lost("dropped") == before + 1
     assert await repo.get_trace(format(1, "032x")) == []  # the oldest went
     assert len(await repo.get_trace(format(4, "032x"))) == 1
+
+
+async def test_runs_the_store_refuses_are_logged_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await Store.open(None, data_dir=tmp_path, service="spans")
+    repo = TraceRepository.for_store(store)
+    try:
+        await store.runner.write(lambda conn: conn.exec_driver_sql(f"DROP TABLE {repo.table.name}"))
+        before = lost("store_error")
+        p = pipeline(repo)
+        for i in range(2):
+            p.emit(SpanData(i + 1, i + 1, f"s{i}", 0, {"flowhost.span_type": "flow"}), [])
+        with caplog.at_level(logging.WARNING, "flowhost.tracing"):
+            await p.flush()  # the failure is the store's: flush itself goes on
+        assert "2 runs not stored" in caplog.text
+        assert lost("store_error") == before + 2
+    finally:
+        await repo.close()
+        await store.close()
 
 
 def _diff(conn: Connection, service: str) -> list[Any]:
