@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from flowhost.config import Settings
 from flowhost.engine.context import RunContext
 from flowhost.engine.events import NodeFinished, RunFailed, RunFinished
 from flowhost.engine.executor import execute
@@ -17,6 +19,7 @@ from flowhost.knowledge.bootstrap import bootstrap_flows
 from flowhost.llm.client import LLMClient
 from flowhost.llm.connections import ConnectionRegistry
 from flowhost.nodes.base import NodeServices
+from flowhost.store import Store
 
 pytestmark = pytest.mark.anyio
 RAG = Path(__file__).resolve().parents[2] / "examples" / "flows" / "rag"
@@ -102,6 +105,67 @@ async def test_rag_options_reach_the_node(rag: KnowledgeService) -> None:
     assert [r["index_id"] for r in refs] == [str(i + 1) for i in range(len(refs))]
     assert refs[0]["doc_id"] == retrieved[0]["doc_id"]
     assert refs[0]["pipeline_id"] == "rag_docs"
+
+
+async def test_the_first_question_after_a_first_start_waits_for_the_declared_bases(
+    service: KnowledgeService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("OPENAI_API_KEY", "DASHSCOPE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    await bootstrap_flows(service, RAG)  # as a first start does: documents queued, not indexed
+    assert {d.status for d in await service.list_documents("rag_docs")} != {"completed"}
+    outputs, retrieved = await run(service, "What is a knowledge base identified by?")
+    assert retrieved  # not "no passage": the search waited for the base
+    assert retrieved[0]["index_id"] == "rag_docs"
+    assert outputs["answer"].startswith("[1]")
+    assert {d.status for d in await service.list_documents("rag_docs")} == {"completed"}
+
+
+async def test_a_restart_during_the_first_indexing_still_waits_for_it(
+    kb_settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("OPENAI_API_KEY", "DASHSCOPE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    first = KnowledgeService(kb_settings, store)
+    await first.start(worker=False)
+    await bootstrap_flows(first, RAG)  # queued, then the process stops before indexing
+    await first.close()
+    svc = KnowledgeService(kb_settings, store)
+    await svc.start()
+    try:
+        await bootstrap_flows(svc, RAG)  # the documents are there: no new job, still waited for
+        _, retrieved = await run(svc, "What is a knowledge base identified by?")
+        assert retrieved
+        assert retrieved[0]["index_id"] == "rag_docs"
+    finally:
+        await svc.close()
+
+
+async def test_a_declared_base_still_indexing_is_searched_as_it_is_after_the_wait(
+    kb_settings: Settings, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = KnowledgeService(kb_settings, store)
+    await svc.start(worker=False)  # nothing indexes: as when another replica does it
+    try:
+        await bootstrap_flows(svc, RAG)
+        with caplog.at_level(logging.INFO, "flowhost.knowledge"):
+            await svc.wait_declared(["rag_docs", "not_declared"], 0.05)
+            assert "rag_docs still indexing after 0.05s" in caplog.text
+            caplog.clear()
+            await svc.wait_declared(["rag_docs"], 0.05)  # given up once, for every search
+        assert "waits" not in caplog.text
+        assert (
+            await svc.retrieve(
+                "knowledge base",
+                pipeline_ids=["rag_docs"],
+                options=None,
+                top_k=3,
+                score_threshold=None,
+            )
+            == []
+        )
+    finally:
+        await svc.close()
 
 
 def test_node_definition_errors(tmp_path: Path) -> None:

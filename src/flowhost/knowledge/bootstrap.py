@@ -13,7 +13,9 @@
 
 At start the service creates each missing base and uploads each document (upload is
 idempotent by content, so documents already there are skipped); the worker indexes them in the
-background. Replicas starting together are safe: the second ``create`` is refused and skipped.
+background, and a search of such a base waits (up to ``retrieval.DECLARED_WAIT_S``) until the documents
+this start added are indexed, so the first question is answered from the whole base. Replicas
+starting together are safe: the second ``create`` is refused and skipped.
 """
 
 from __future__ import annotations
@@ -98,10 +100,11 @@ async def _ensure(svc: KnowledgeService, decl: dict[str, Any]) -> None:
         path = anyio.Path(folder / str(doc["path"]))
         if not (await path.resolve()).is_relative_to(folder) or not await path.is_file():
             raise FlowDefinitionError(f"document {doc['path']!r} not found", file=str(folder))
-        await svc.add_document(
+        document, job, _ = await svc.add_document(
             pid,
             path.name,
             await path.read_bytes(),
             tags=list(doc.get("tags") or []),
             metadata=dict(doc.get("metadata") or {}),
         )
+        await svc.expect_declared(document, job)

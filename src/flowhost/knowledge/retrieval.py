@@ -37,7 +37,10 @@ from flowhost.knowledge.vectorstore import Hit, fuse
 if TYPE_CHECKING:
     from flowhost.knowledge.service import KnowledgeService
 
-__all__ = ["plan", "retrieve"]
+# How long a search waits for a base declared in knowledge.yaml to finish its first indexing
+DECLARED_WAIT_S = 60.0
+
+__all__ = ["DECLARED_WAIT_S", "plan", "retrieve"]
 
 Plan = dict[tuple[str, StoreFilter], list[KnowledgeBase]]
 
@@ -121,6 +124,9 @@ async def retrieve(
     groups = await plan(svc, pipeline_ids, opts)
     if not groups:
         return []
+    await svc.wait_declared(
+        {b.pipeline_id for bases in groups.values() for b in bases}, DECLARED_WAIT_S
+    )
     # One query embedding per embedding model among the bases searched.
     models: dict[tuple[str | None, str], KnowledgeBase] = {}
     for bases in groups.values():

@@ -13,7 +13,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from flowhost.config import Settings
@@ -60,6 +60,10 @@ class KnowledgeService:
         )
         self._dirty: set[str] = set()
         self._started = False
+        # bases declared in knowledge.yaml -> their documents still to be indexed; a search of
+        # such a base waits for them (see ``wait_declared``)
+        self._declared: dict[str, set[str]] = {}
+        self._declared_done = asyncio.Event()
 
     @staticmethod
     def _make_vector_store(settings: Settings) -> VectorStore:
@@ -100,7 +104,57 @@ class KnowledgeService:
     async def _run_job(self, job: Job) -> None:
         from flowhost.knowledge.ingest import run_job
 
-        await run_job(self, job)
+        try:
+            await run_job(self, job)
+        finally:
+            if job.pipeline_id in self._declared:
+                self._declared_indexed(job.pipeline_id, {job.file_id})
+
+    # --- bases declared in knowledge.yaml ----------------------------------------------------
+    async def expect_declared(self, doc: Document, job: Job | None) -> None:
+        """A declared base's document as the server's start left it: searches of the base
+        wait until it is indexed (``wait_declared``)."""
+        if doc.status == "completed" and job is None:
+            return
+        self._declared.setdefault(doc.pipeline_id, set()).add(doc.file_id)
+        if job is None:  # its job was queued before this start: it may have ended meanwhile
+            doc = await self.repo.get_document(doc.file_id)
+            if doc.status in ("completed", "failed"):
+                self._declared_indexed(doc.pipeline_id, {doc.file_id})
+
+    def _declared_indexed(self, pipeline_id: str, file_ids: set[str]) -> None:
+        left = self._declared.get(pipeline_id)
+        if left is None:
+            return
+        left -= file_ids
+        if not left:
+            del self._declared[pipeline_id]
+            log.info("knowledge base %s (declared) is indexed", pipeline_id)
+            self._declared_done.set()  # wake the waiters; they look again
+            self._declared_done = asyncio.Event()
+
+    async def wait_declared(self, pipeline_ids: Iterable[str], limit_s: float) -> None:
+        """Wait (at most ``limit_s``) until the bases among ``pipeline_ids`` that a flow declares
+        in knowledge.yaml have indexed the documents the server's start added to them, so the
+        first question after a first start is answered from the whole base, not from part of
+        it. Bases another replica indexes are given up on after ``limit_s`` (then searched as
+        they are), once for all searches."""
+        wanted = [p for p in pipeline_ids if p in self._declared]
+        if not wanted:
+            return
+        log.info("search waits for %s to finish indexing (declared)", ", ".join(wanted))
+        try:
+            async with asyncio.timeout(limit_s):
+                while any(p in self._declared for p in wanted):
+                    await self._declared_done.wait()
+        except TimeoutError:
+            log.warning(
+                "knowledge bases %s still indexing after %gs: searching them as they are",
+                ", ".join(wanted),
+                limit_s,
+            )
+            for p in wanted:
+                self._declared.pop(p, None)
 
     def mark_dirty(self, space: str) -> None:
         """A job wrote to ``space``: refresh its indexes when the queue is empty."""
