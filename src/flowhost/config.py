@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     access_log: bool = False
     graceful_timeout: float = Field(30.0, ge=0)
 
-    # knowledge bases (flowhost.knowledge; docs/knowledge.md) ------------------------------------
+    # knowledge bases (flowhost.knowledge; the README, "Knowledge bases") ----------------------
     kb_backend: Literal["lancedb", "milvus"] = Field(
         "lancedb", description="vector store: embedded LanceDB, or a Milvus server"
     )

@@ -1,4 +1,5 @@
-"""The deploy/ files say what docs/scaling.md promises: parsed, not applied (no cluster in CI)."""
+"""The deploy/ files say what the README's "Scaling out" promises: parsed, not applied (no
+cluster in CI)."""
 
 from __future__ import annotations
 
