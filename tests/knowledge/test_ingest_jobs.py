@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 
@@ -16,6 +17,7 @@ from flowhost.knowledge import KnowledgeService, ingest
 from flowhost.knowledge.filters import StoreFilter
 from flowhost.knowledge.jobs import JobWorker
 from flowhost.knowledge.records import Job, utcnow
+from flowhost.knowledge.repository import KnowledgeRepository
 from flowhost.knowledge.vectorstore import ChunkRow
 from flowhost.store import Store
 
@@ -70,6 +72,39 @@ async def test_the_worker_runs_jobs_at_once_but_one_per_document(
             assert not worker.busy
             assert await svc.repo.pending_count() == 0
         finally:
+            await worker.close()
+    finally:
+        await svc.close()
+
+
+async def test_close_stops_the_worker_woken_at_the_same_moment(
+    kb_settings: Settings, store: Store
+) -> None:
+    """A job finishing (or one enqueued) as the server shuts down must not keep the worker
+    alive: Python 3.11's ``asyncio.wait_for`` returned the wait's result instead of raising
+    the cancellation then, and ``close`` (so the server's shutdown) waited forever."""
+    svc = KnowledgeService(kb_settings, store)
+    await svc.start(worker=False)
+    idle = asyncio.Event()
+
+    class Repo(KnowledgeRepository):
+        async def claim_next(self, lease: timedelta) -> Job | None:
+            job = await super().claim_next(lease)
+            if job is None:
+                idle.set()
+            return job
+
+    async def run(job: Job) -> None:
+        raise AssertionError("no job")
+
+    worker = JobWorker(Repo(store), run, poll_s=60)
+    worker.start()
+    try:
+        with anyio.fail_after(10):
+            await idle.wait()  # the loop found nothing and waits to be woken
+            for _ in range(3):
+                await asyncio.sleep(0)  # ... inside its wait
+            worker.notify()
             await worker.close()
     finally:
         await svc.close()

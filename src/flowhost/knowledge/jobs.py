@@ -77,7 +77,8 @@ class JobWorker:
         """Return once no job runs and the indexes are not being refreshed, or after
         ``limit_s`` seconds."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._not_busy.wait(), limit_s)
+            async with asyncio.timeout(limit_s):
+                await self._not_busy.wait()
 
     def _update_busy(self) -> None:
         if self.busy:
@@ -89,8 +90,12 @@ class JobWorker:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the caller is cancelled too: not only the loop
 
     async def _loop(self) -> None:
         try:
@@ -108,8 +113,11 @@ class JobWorker:
                     if self._wake.is_set():
                         continue
                 # Woken by a new job, a finished one, or the poll (other processes' jobs).
+                # Not asyncio.wait_for: on 3.11 it swallows a cancellation that comes as the
+                # wait ends, and close() then waited for this loop forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_s)
+                    async with asyncio.timeout(self._poll_s):
+                        await self._wake.wait()
         finally:
             running, self._running = list(self._running), set()
             for task in running:
