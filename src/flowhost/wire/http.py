@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -17,13 +18,14 @@ from flowhost.service import PreparedRun, RunService
 __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_OFFSET",
+    "ClientHeaders",
     "EventStream",
+    "client_headers",
     "get_service",
     "read_json_object",
     "request_id",
     "run_headers",
     "until_disconnect",
-    "wants_sse",
 ]
 
 T = TypeVar("T")
@@ -89,8 +91,41 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     return data
 
 
-def wants_sse(request: Request) -> bool:
-    return "text/event-stream" in request.headers.get("accept", "")
+_CLIENT_HEADERS: frozenset[bytes] = frozenset(
+    {b"chat-session-id", b"chat-user-id", b"memory-id", b"accept", b"x-dashscope-sse"}
+)
+
+
+@dataclass(slots=True)
+class ClientHeaders:
+    """The headers a run route reads (each its first value, as ``Request.headers.get``)."""
+
+    session_id: str | None = None  # Chat-Session-Id
+    user_id: str | None = None  # Chat-User-Id
+    memory_id: str | None = None  # Memory-Id ("" read as None)
+    accept: str = ""
+    dashscope_sse: str = ""  # X-DashScope-SSE
+
+    @property
+    def wants_sse(self) -> bool:
+        return "text/event-stream" in self.accept
+
+
+def client_headers(request: Request) -> ClientHeaders:
+    """One pass over the raw headers: four ``request.headers.get`` calls cost ~8x as much,
+    a measurable share of a small flow's request."""
+    found: dict[bytes, str] = {}
+    for key, value in request.scope["headers"]:
+        if key in _CLIENT_HEADERS and key not in found:
+            found[key] = value.decode("latin-1")
+    get = found.get
+    return ClientHeaders(
+        get(b"chat-session-id"),
+        get(b"chat-user-id"),
+        get(b"memory-id") or None,
+        get(b"accept", ""),
+        get(b"x-dashscope-sse", ""),
+    )
 
 
 # A client's disconnect is watched for from this long after the work starts: a watcher is a task

@@ -16,6 +16,7 @@ from flowhost.wire.complete import adapter
 from flowhost.wire.complete.models import RunBody, inline_schema
 from flowhost.wire.http import (
     EventStream,
+    client_headers,
     get_service,
     read_json_object,
     request_id,
@@ -63,16 +64,17 @@ async def _complete(request: Request, app_id: str | None) -> Response:
     app = svc.apps.get(app_id)
     hist_key = app.flow.chat_history
     history = run_body.inputs.get(hist_key) if hist_key else None
+    client = client_headers(request)
     prepared = await svc.prepare(
         RunRequest(
             app_id=app_id,
             inputs=run_body.inputs,
             protocol="complete",
             request_id=request_id(request),
-            session_id=request.headers.get("chat-session-id"),
-            user_id=request.headers.get("chat-user-id"),
+            session_id=client.session_id,
+            user_id=client.user_id,
             history=history if isinstance(history, list) else None,
-            memory_id=request.headers.get("memory-id") or None,
+            memory_id=client.memory_id,
             rag_options=parse_rag_options(run_body.rag_options),
         )
     )

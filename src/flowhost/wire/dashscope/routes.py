@@ -16,7 +16,9 @@ from flowhost.wire.chat import openapi_schema, split_messages
 from flowhost.wire.dashscope import adapter
 from flowhost.wire.dashscope.models import AppError, AppRequest, AppResponse
 from flowhost.wire.http import (
+    ClientHeaders,
     EventStream,
+    client_headers,
     get_service,
     read_json_object,
     request_id,
@@ -39,10 +41,8 @@ def render_dashscope_error(
 register_renderer("/api/v1/apps/", render_dashscope_error)
 
 
-def _wants_stream(request: Request) -> bool:
-    return request.headers.get(
-        "x-dashscope-sse", ""
-    ).lower() == "enable" or "text/event-stream" in request.headers.get("accept", "")
+def _wants_stream(client: ClientHeaders) -> bool:
+    return client.dashscope_sse.lower() == "enable" or client.wants_sse
 
 
 def _parse(body: dict[str, Any]) -> AppRequest:
@@ -125,6 +125,7 @@ async def completion(request: Request) -> Response:
     app_id: str = request.path_params["app_id"]
     svc = get_service(request)
     req = _parse(await read_json_object(request))
+    client = client_headers(request)
     app = svc.apps.get(app_id)
     flow = app.flow
     inp, params = req.input, req.parameters
@@ -163,7 +164,7 @@ async def completion(request: Request) -> Response:
             protocol="dashscope",
             request_id=request_id(request),
             session_id=inp.session_id,
-            user_id=request.headers.get("chat-user-id"),
+            user_id=client.user_id,
             history=history if history and not inp.session_id else None,
             user_defined_params=udp,
             user_defined_tokens=udt,
@@ -182,7 +183,7 @@ async def completion(request: Request) -> Response:
         secrets=adapter.secrets_of(udt),
     )
     headers = run_headers(prepared)  # X-Trace-Id (the SDK ignores headers; curl users do not)
-    if _wants_stream(request):
+    if _wants_stream(client):
         return EventStream(adapter.stream(prepared.events(), opts), headers)
     body, error = await until_disconnect(request, lambda: adapter.collect(prepared.events(), opts))
     if error is not None or body is None:

@@ -16,6 +16,7 @@ from flowhost.service import RunRequest
 from flowhost.wire.chat import openapi_schema, split_messages
 from flowhost.wire.http import (
     EventStream,
+    client_headers,
     get_service,
     read_json_object,
     request_id,
@@ -136,7 +137,8 @@ async def chat_completions(request: Request) -> Response:
         chat_input=flow.chat_input,
         chat_output=flow.chat_output,
     )
-    session_id = request.headers.get("chat-session-id")
+    client = client_headers(request)
+    session_id = client.session_id
     prepared = await svc.prepare(
         RunRequest(
             app_id=app.app_id,
@@ -144,10 +146,10 @@ async def chat_completions(request: Request) -> Response:
             protocol="openai",
             request_id=request_id(request),
             session_id=session_id,
-            user_id=request.headers.get("chat-user-id") or body.user,
+            user_id=client.user_id or body.user,
             use_session=session_id is not None,
             history=None if session_id else history,
-            memory_id=body.memory_id or request.headers.get("memory-id") or None,
+            memory_id=body.memory_id or client.memory_id,
             rag_options=parse_rag_options(body.rag_options),
         )
     )

@@ -12,12 +12,12 @@ from flowhost.server.hot import hot
 from flowhost.service import PreparedRun, RunRequest
 from flowhost.wire.http import (
     EventStream,
+    client_headers,
     get_service,
     read_json_object,
     request_id,
     run_headers,
     until_disconnect,
-    wants_sse,
 )
 from flowhost.wire.simple import adapter
 from flowhost.wire.sse import dumps
@@ -56,21 +56,22 @@ def session_headers(prepared: PreparedRun) -> dict[str, str]:
 async def _simple(request: Request, app_id: str | None) -> Response:
     svc = get_service(request)
     body = await read_json_object(request)
+    client = client_headers(request)
     prepared = await svc.prepare(
         RunRequest(
             app_id=app_id,
             inputs=body,
             protocol="simple",
             request_id=request_id(request),
-            session_id=request.headers.get("chat-session-id"),
-            user_id=request.headers.get("chat-user-id"),
+            session_id=client.session_id,
+            user_id=client.user_id,
             history=_client_history(body, prepared_key=svc.apps.get(app_id).flow.chat_history),
-            memory_id=request.headers.get("memory-id") or None,
+            memory_id=client.memory_id,
         )
     )
     flow = prepared.app.flow
     headers = session_headers(prepared)
-    if wants_sse(request):
+    if client.wants_sse:
         key = flow.chat_output or next(iter(flow.outputs), "answer")
         return EventStream(adapter.stream(prepared.events(), key), headers)
     outputs, error = await until_disconnect(request, lambda: adapter.collect(prepared.events()))
