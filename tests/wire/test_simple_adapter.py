@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -215,3 +216,28 @@ def test_lone_surrogates_stay_escaped_so_the_bytes_encode() -> None:
     assert json.loads(text.encode()) == {"answer": "a\ud800b"}
     data: dict[str, Any] = {"answer": "巴黎\ud83d"}
     assert json.loads(dumps(data).encode("utf-8")) == data
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"answer": "巴黎", "n": [1, 2.5, None, True, False], "nested": {"k": "v"}},
+        {1: "int key", "s": "non-str keys go to json"},
+        {"big": 2**70},
+        {"when": datetime(2026, 12, 1, 12, 0, tzinfo=UTC), "set": {3}, "bytes": b"\xff"},
+        [{"a": 1}, ("t", 2)],
+    ],
+)
+def test_compact_dumps_is_json_dumps_text(value: Any) -> None:
+    """The fast (orjson) path writes exactly what json.dumps did."""
+    assert dumps(value) == json.dumps(
+        value, ensure_ascii=False, separators=(",", ":"), default=_json_default
+    )
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, set | frozenset | tuple):
+        return list(o)
+    if isinstance(o, bytes):
+        return o.decode("utf-8", "replace")
+    return str(o)
