@@ -99,8 +99,17 @@ def test_missing_defaults_optional_and_unknown() -> None:
     assert info.value.field == "history"
 
 
-def test_defaults_are_not_shared_between_runs() -> None:
-    specs = {"items": FlowInputSpec.model_validate({"type": "list", "default": [1]})}
+@pytest.mark.parametrize(
+    ("kind", "default", "mutate"),
+    [
+        ("list", [1], lambda v: v.append(2)),
+        ("list", [], lambda v: v.append(2)),
+        ("object", {}, lambda v: v.update(k=1)),
+        ("object", {"a": [1]}, lambda v: v["a"].append(2)),
+    ],
+)
+def test_defaults_are_not_shared_between_runs(kind: str, default: Any, mutate: Any) -> None:
+    specs = {"items": FlowInputSpec.model_validate({"type": kind, "default": default})}
     first = coerce_inputs(specs, {})
-    first["items"].append(2)  # a node mutating its input
-    assert coerce_inputs(specs, {}) == {"items": [1]}
+    mutate(first["items"])  # a node mutating its input
+    assert coerce_inputs(specs, {}) == {"items": default}

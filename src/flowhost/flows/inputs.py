@@ -77,7 +77,7 @@ def coerce_inputs(specs: Mapping[str, FlowInputSpec], given: Mapping[str, Any]) 
             except (ValueError, RecursionError) as exc:  # json.loads of a list/object string
                 raise InvalidInput(f"input {name!r} is not valid JSON: {exc}", field=name) from None
         elif spec.default is not None:
-            out[name] = copy.deepcopy(spec.default)  # a node may mutate it: never share it
+            out[name] = _fresh(spec.default)  # a node may mutate it: never share it
         elif spec.is_chat_history:
             out[name] = []
         elif spec.optional:
@@ -85,3 +85,14 @@ def coerce_inputs(specs: Mapping[str, FlowInputSpec], given: Mapping[str, Any]) 
         else:
             raise InvalidInput(f"missing required input {name!r}", field=name)
     return out
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of a default that a node may mutate. ``copy.deepcopy`` of the usual ``[]`` costs
+    a few µs a request: scalars are immutable, and empty containers are simply made anew."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool:
+        return value
+    if (kind is list or kind is dict) and not value:
+        return kind()
+    return copy.deepcopy(value)
