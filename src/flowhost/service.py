@@ -116,11 +116,7 @@ class PreparedRun:
     protocol: str
     started_at: float = field(default_factory=time.time)
     observations: list[RunObservation] = field(default_factory=list)
-
-    @property
-    def trace_id(self) -> str:
-        """The run's OpenTelemetry trace id (32 hex), or "" when tracing is off."""
-        return next((o.trace_id for o in self.observations if o.trace_id), "")
+    trace_id: str = ""  # the run's OpenTelemetry trace id (32 hex), "" when tracing is off
 
     @property
     def run_id(self) -> str:
@@ -245,6 +241,7 @@ class RunService:
             observation = sink.open(prepared)
             if observation is not None:
                 prepared.observations.append(observation)
+                prepared.trace_id = prepared.trace_id or observation.trace_id
         return prepared
 
     async def _recall(self, memory_id: str, message: Any) -> list[str]:
