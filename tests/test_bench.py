@@ -3,6 +3,7 @@ those belong to ``make bench``)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,18 @@ async def test_knowledge_recall_is_measured_against_the_right_exact_results(
     assert rows["no rag_options (all 10 bases)"] == CHUNKS
     assert rows["pipeline_ids (1 of 10 bases)"] == CHUNKS // 10
     assert rows["file_ids (2 files)"] == 10  # file_11 (file_303 is beyond 3,000 chunks), 2 bases
+
+
+def test_instruction_counts_are_repeatable_and_see_the_app() -> None:
+    # bench.instructions is for A/B on a noisy machine: the same target counts the same, and
+    # flowhost's echo app counts more than the bare one (tracing off, short runs)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench.instructions import count
+
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        bare, again, off = pool.map(lambda t: count(t, 320, warmup=10), ["bare", "bare", "off"])
+    assert abs(bare - again) <= 0.02 * bare
+    assert off > 1.5 * bare > 0

@@ -1,0 +1,279 @@
+"""Instructions per request of the echo app, counted by valgrind: an A/B that noise cannot move.
+
+``python -m bench.instructions [--requests N] [--targets bare,off,on]``
+
+Timings on a shared machine drift by 20-50% between runs (see RESULTS.md), far more than most
+changes to the request path are worth. Instructions executed do not drift: the same code, input
+and environment give the same count within ~1%, whatever else the machine is doing. Each target
+runs in a process of its own under ``valgrind --tool=callgrind`` with instrumentation off; the
+app is called in-process as an ASGI app by 32 coroutines (no HTTP server, no sockets), warmed
+up, and the parent turns counting on (``callgrind_control``) for exactly ``N`` requests:
+
+- ``bare``: ``bench/baseline_app.py`` (Starlette);
+- ``off``: ``flowhost serve examples/flows/echo --no-history`` with tracing off;
+- ``on``: the same with tracing on; every measured run's spans are written to the local store
+  inside the counted window.
+
+Under valgrind a request lasts ~50x longer, so two wall-clock mechanisms are set to what they do
+at full speed: the disconnect watcher (started 20 ms into a request, which no echo request
+reaches) is off, and the span pipeline writes its batches at the end of the window (1,000 runs
+a transaction) rather than every 20 ms (which valgrind's slowness would shrink to 1-run
+batches). What the count leaves out: uvicorn and httptools (the same under both apps), and time
+spent waiting. A count is the whole process's, all threads.
+
+Exit status 0, or 2 when valgrind is missing or a target failed. The figures are for comparing
+two commits on one machine; they are not targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+__all__ = ["count", "main"]
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ("bare", "off", "on")
+CONCURRENCY = 32
+WARMUP_PER_TASK = 100
+BODY = b'{"question": "hi"}'
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+# --- the child: one app, in-process, under valgrind ----------------------------------------------
+
+
+def _scope() -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(BODY)).encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+def _build(target: str, data_dir: Path) -> Any:
+    if target == "bare":
+        from bench.baseline_app import app
+
+        return app
+    import flowhost.wire.http
+    from flowhost.config import Settings
+    from flowhost.server.app import create_app
+
+    flowhost.wire.http.WATCH_AFTER = 1e9  # see the module: no echo request reaches 20 ms
+    settings = Settings(
+        flows=ROOT / "examples" / "flows" / "echo",
+        history=False,
+        data_dir=data_dir,
+        enable_tracing=target == "on",
+    )
+    return create_app(settings)
+
+
+async def _child(target: str, requests: int, warmup: int, sync: Path) -> None:
+    app = _build(target, Path(tempfile.mkdtemp(prefix="flowhost-instr-")))
+    lifespan: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    started = asyncio.Event()
+
+    async def lifespan_send(message: dict[str, Any]) -> None:
+        if message["type"] == "lifespan.startup.complete":
+            started.set()
+        elif message["type"] == "lifespan.startup.failed":
+            raise SystemExit(f"startup failed: {message.get('message')}")
+
+    await lifespan.put({"type": "lifespan.startup"})
+    running = asyncio.create_task(
+        app(
+            {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+            lifespan.get,
+            lifespan_send,
+        )
+    )
+    await started.wait()
+    tracing = getattr(app.state, "tracing", None) if target != "bare" else None
+    pipeline = tracing.pipeline if tracing is not None else None
+    if pipeline is not None:
+        pipeline.batch_window = 3600.0  # written by the flushes below (see the module)
+    statuses: list[int] = []
+    hang = asyncio.Event()  # never set: a request's second receive waits, as for a live client
+
+    async def one() -> None:
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": BODY, "more_body": False}
+            await hang.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(_scope(), receive, send)
+
+    async def load(per_task: int) -> None:
+        async def task() -> None:
+            for _ in range(per_task):
+                await one()
+
+        await asyncio.gather(*(task() for _ in range(CONCURRENCY)))
+
+    await load(warmup)
+    if pipeline is not None:
+        await pipeline.flush()
+    statuses.clear()
+    _signal(sync / "ready")
+    _wait_for(sync / "go")
+    await load(requests // CONCURRENCY)
+    if pipeline is not None:
+        await pipeline.flush()  # the counted runs' spans are stored inside the window
+    _signal(sync / "done")
+    _wait_for(sync / "stop")
+    if set(statuses) != {200}:
+        raise SystemExit(f"{target}: statuses {sorted(set(statuses))}, expected only 200")
+    await lifespan.put({"type": "lifespan.shutdown"})
+    await running
+
+
+def _signal(path: Path) -> None:
+    path.touch()
+
+
+def _wait_for(path: Path, limit_s: float = 600.0) -> None:
+    """Block (the whole process: nothing must run meanwhile) until ``path`` exists."""
+    deadline = time.monotonic() + limit_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gave up waiting for {path.name}")
+        time.sleep(0.02)
+
+
+# --- the parent ------------------------------------------------------------------------------------
+
+
+def count(target: str, requests: int, warmup: int = WARMUP_PER_TASK) -> float:
+    """Instructions per request of ``target`` (see the module)."""
+    valgrind, control = shutil.which("valgrind"), shutil.which("callgrind_control")
+    if valgrind is None or control is None:
+        raise RuntimeError("valgrind is not installed (apt-get install -y valgrind)")
+    with tempfile.TemporaryDirectory(prefix="flowhost-instr-") as tmp:
+        sync, log = Path(tmp), Path(tmp) / "valgrind.log"
+        cmd = [
+            valgrind,
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={tmp}/callgrind.out",
+            f"--log-file={log}",
+            sys.executable,
+            "-m",
+            "bench.instructions",
+            "--child",
+            target,
+            "--requests",
+            str(requests),
+            "--warmup",
+            str(warmup),
+            "--sync",
+            str(sync),
+        ]
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
+        with subprocess.Popen(cmd, cwd=ROOT, env=env) as proc:
+            try:
+                _await_file(sync / "ready", proc)
+                _control(control, "on", proc.pid)
+                _signal(sync / "go")
+                _await_file(sync / "done", proc)
+                _control(control, "off", proc.pid)
+                _signal(sync / "stop")
+                if proc.wait(timeout=600) != 0:
+                    raise RuntimeError(f"{target}: exit status {proc.returncode}")
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        match = _COLLECTED.search(log.read_text(encoding="utf-8", errors="replace"))
+        if match is None:
+            raise RuntimeError(f"{target}: no instruction count in valgrind's log")
+        return int(match.group(1)) / (requests // CONCURRENCY * CONCURRENCY)
+
+
+def _control(control: str, state: str, pid: int) -> None:
+    """Turn callgrind's counting on or off in process ``pid``."""
+    subprocess.run([control, "-i", state, str(pid)], check=True, capture_output=True)
+
+
+def _await_file(path: Path, proc: subprocess.Popen[bytes], limit_s: float = 900.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"the child exited ({proc.returncode}) before {path.name}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {path.name} within {limit_s:g} s")
+        time.sleep(0.05)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions")
+    parser.add_argument("--requests", type=int, default=3200, help="counted requests per target")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="of bare, off, on")
+    parser.add_argument(
+        "--warmup", type=int, default=WARMUP_PER_TASK, help="uncounted requests per coroutine"
+    )
+    parser.add_argument("--child", choices=TARGETS, help=argparse.SUPPRESS)
+    parser.add_argument("--sync", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        import uvloop  # the server's loop (uvicorn's, with uvicorn[standard])
+
+        uvloop.run(_child(args.child, args.requests, args.warmup, args.sync))
+        return 0
+    targets = [t for t in args.targets.split(",") if t]
+    if not set(targets) <= set(TARGETS):
+        parser.error(f"--targets: choose from {', '.join(TARGETS)}")
+    results: dict[str, float] = {}
+    # counts do not depend on timing: the targets run side by side, one per CPU
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        futures = {t: pool.submit(count, t, args.requests, args.warmup) for t in targets}
+        try:
+            for target, future in futures.items():
+                results[target] = future.result()
+                print(f"{target}: {results[target]:,.0f} instructions a request", flush=True)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if "bare" in results:
+        for target in ("off", "on"):
+            if target in results:
+                print(f"{target}/bare: {results[target] / results['bare']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
