@@ -20,8 +20,9 @@ reaches) is off; the echo function stays on the event loop (``InlinePolicy`` sen
 function back to the thread pool when a call takes over 2 ms of wall time, which valgrind and a
 busy machine together made common: counts then rose by half); and the span pipeline writes its
 batches at the end of the window (1,000 runs a transaction) rather than every 20 ms (which
-valgrind's slowness would shrink to 1-run batches). What the count leaves out: uvicorn and httptools (the same under both apps), and time
-spent waiting. A count is the whole process's, all threads.
+valgrind's slowness would shrink to 1-run batches). What the count leaves out: uvicorn and
+httptools (the same under both apps), and time spent waiting. A count is the whole process's,
+all threads.
 
 Exit status 0, or 2 when valgrind is missing or a target failed. The figures are for comparing
 two commits on one machine; they are not targets.
@@ -180,7 +181,7 @@ def _wait_for(path: Path, limit_s: float = 600.0) -> None:
         time.sleep(0.02)
 
 
-# --- the parent ------------------------------------------------------------------------------------
+# --- the parent ----------------------------------------------------------------------------------
 
 
 def count(target: str, requests: int, warmup: int = WARMUP_PER_TASK) -> float:

@@ -13,9 +13,9 @@
 
 At start the service creates each missing base and uploads each document (upload is
 idempotent by content, so documents already there are skipped); the worker indexes them in the
-background, and a search of such a base waits (up to ``retrieval.DECLARED_WAIT_S``) until the documents
-this start added are indexed, so the first question is answered from the whole base. Replicas
-starting together are safe: the second ``create`` is refused and skipped.
+background, and a search of such a base waits (up to ``retrieval.DECLARED_WAIT_S``) until the
+documents this start added are indexed, so the first question is answered from the whole base.
+Replicas starting together are safe: the second ``create`` is refused and skipped.
 """
 
 from __future__ import annotations
