@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from flowhost.config import Settings
@@ -139,6 +141,34 @@ async def test_a_restart_during_the_first_indexing_still_waits_for_it(
         assert retrieved[0]["index_id"] == "rag_docs"
     finally:
         await svc.close()
+
+
+async def test_a_search_sees_declared_documents_another_replica_indexed(
+    kb_settings: Settings, store: Store
+) -> None:
+    this = KnowledgeService(kb_settings, store)
+    await this.start(worker=False)  # this replica's worker is not the one that indexes
+    other = KnowledgeService(kb_settings, store)
+    await other.start(worker=False)
+    try:
+        await bootstrap_flows(this, RAG)
+        waiting = asyncio.create_task(this.wait_declared(["rag_docs"], 30))
+        await asyncio.sleep(0)  # the search is waiting ...
+        assert not waiting.done()
+        assert await other.run_pending_jobs() > 0  # ... while another process indexes
+        with anyio.fail_after(10):  # noticed at the next look (DECLARED_POLL_S), not at 30 s
+            await waiting
+        chunks = await this.retrieve(
+            "knowledge base",
+            pipeline_ids=["rag_docs"],
+            options=None,
+            top_k=3,
+            score_threshold=None,
+        )
+        assert chunks
+    finally:
+        await other.close()
+        await this.close()
 
 
 async def test_a_declared_base_still_indexing_is_searched_as_it_is_after_the_wait(

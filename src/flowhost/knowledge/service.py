@@ -7,6 +7,7 @@ store and starts the indexing worker, ``await close()`` stops both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -34,6 +35,7 @@ __all__ = ["KnowledgeService", "space_name"]
 log = logging.getLogger("flowhost.knowledge")
 MAX_TAGS = 32
 MAX_METADATA_KEYS = 64
+DECLARED_POLL_S = 1.0  # how often a search waiting for a declared base looks at the catalogue
 
 
 def space_name(service: str, connection: str | None, model: str, dim: int) -> str:
@@ -137,8 +139,9 @@ class KnowledgeService:
         """Wait (at most ``limit_s``) until the bases among ``pipeline_ids`` that a flow declares
         in knowledge.yaml have indexed the documents the server's start added to them, so the
         first question after a first start is answered from the whole base, not from part of
-        it. Bases another replica indexes are given up on after ``limit_s`` (then searched as
-        they are), once for all searches."""
+        it. This process's worker wakes the waiters; documents another replica indexes are
+        looked up every ``DECLARED_POLL_S``. A base still indexing after ``limit_s`` is
+        searched as it is, from then on."""
         wanted = [p for p in pipeline_ids if p in self._declared]
         if not wanted:
             return
@@ -146,7 +149,10 @@ class KnowledgeService:
         try:
             async with asyncio.timeout(limit_s):
                 while any(p in self._declared for p in wanted):
-                    await self._declared_done.wait()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(DECLARED_POLL_S):
+                            await self._declared_done.wait()
+                    await self._declared_elsewhere(wanted)
         except TimeoutError:
             log.warning(
                 "knowledge bases %s still indexing after %gs: searching them as they are",
@@ -155,6 +161,18 @@ class KnowledgeService:
             )
             for p in wanted:
                 self._declared.pop(p, None)
+
+    async def _declared_elsewhere(self, pipeline_ids: Sequence[str]) -> None:
+        """Mark the awaited documents that are indexed (or failed) by now, by any process."""
+        for pid in pipeline_ids:
+            for file_id in list(self._declared.get(pid, ())):
+                try:
+                    doc = await self.repo.get_document(file_id)
+                except NotFound:  # deleted meanwhile: nothing to wait for
+                    self._declared_indexed(pid, {file_id})
+                    continue
+                if doc.status in ("completed", "failed"):
+                    self._declared_indexed(pid, {file_id})
 
     def mark_dirty(self, space: str) -> None:
         """A job wrote to ``space``: refresh its indexes when the queue is empty."""
