@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,23 @@ async def service(kb_settings: Settings, store: Store) -> AsyncIterator[Knowledg
     await svc.start()
     yield svc
     await svc.close()
+
+
+Started = Callable[..., AbstractAsyncContextManager[KnowledgeService]]
+
+
+@pytest.fixture
+def started(kb_settings: Settings, store: Store) -> Started:
+    """``async with started(worker=False) as svc``: one more service on the test's store (as
+    another process, or a restart, would open), closed on leaving."""
+
+    @contextlib.asynccontextmanager
+    async def start(*, worker: bool = True) -> AsyncIterator[KnowledgeService]:
+        svc = KnowledgeService(kb_settings, store)
+        await svc.start(worker=worker)
+        try:
+            yield svc
+        finally:
+            await svc.close()
+
+    return start

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from flowhost.config import Settings
 from flowhost.engine.context import RunContext
 from flowhost.engine.events import NodeFinished, RunFailed, RunFinished
 from flowhost.engine.executor import execute
@@ -21,9 +22,9 @@ from flowhost.knowledge.bootstrap import bootstrap_flows
 from flowhost.llm.client import LLMClient
 from flowhost.llm.connections import ConnectionRegistry
 from flowhost.nodes.base import NodeServices
-from flowhost.store import Store
 
 pytestmark = pytest.mark.anyio
+Started = Callable[..., AbstractAsyncContextManager[KnowledgeService]]  # conftest's `started`
 RAG = Path(__file__).resolve().parents[2] / "examples" / "flows" / "rag"
 
 
@@ -124,33 +125,28 @@ async def test_the_first_question_after_a_first_start_waits_for_the_declared_bas
 
 
 async def test_a_restart_during_the_first_indexing_still_waits_for_it(
-    kb_settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+    started: Started, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for var in ("OPENAI_API_KEY", "DASHSCOPE_API_KEY"):
         monkeypatch.delenv(var, raising=False)
-    first = KnowledgeService(kb_settings, store)
-    await first.start(worker=False)
-    await bootstrap_flows(first, RAG)  # queued, then the process stops before indexing
-    await first.close()
-    svc = KnowledgeService(kb_settings, store)
-    await svc.start()
-    try:
+    async with started(worker=False) as first:
+        await bootstrap_flows(first, RAG)  # queued, then the process stops before indexing
+    async with started() as svc:
         await bootstrap_flows(svc, RAG)  # the documents are there: no new job, still waited for
         _, retrieved = await run(svc, "What is a knowledge base identified by?")
         assert retrieved
         assert retrieved[0]["index_id"] == "rag_docs"
-    finally:
-        await svc.close()
 
 
-async def test_a_search_sees_declared_documents_another_replica_indexed(
-    kb_settings: Settings, store: Store
-) -> None:
-    this = KnowledgeService(kb_settings, store)
-    await this.start(worker=False)  # this replica's worker is not the one that indexes
-    other = KnowledgeService(kb_settings, store)
-    await other.start(worker=False)
-    try:
+async def search(svc: KnowledgeService) -> list[Any]:
+    return await svc.retrieve(
+        "knowledge base", pipeline_ids=["rag_docs"], options=None, top_k=3, score_threshold=None
+    )
+
+
+async def test_a_search_sees_declared_documents_another_replica_indexed(started: Started) -> None:
+    # neither replica's worker runs: the other one indexes by hand, as its worker would
+    async with started(worker=False) as this, started(worker=False) as other:
         await bootstrap_flows(this, RAG)
         waiting = asyncio.create_task(this.wait_declared(["rag_docs"], 30))
         await asyncio.sleep(0)  # the search is waiting ...
@@ -158,25 +154,13 @@ async def test_a_search_sees_declared_documents_another_replica_indexed(
         assert await other.run_pending_jobs() > 0  # ... while another process indexes
         with anyio.fail_after(10):  # noticed at the next look (DECLARED_POLL_S), not at 30 s
             await waiting
-        chunks = await this.retrieve(
-            "knowledge base",
-            pipeline_ids=["rag_docs"],
-            options=None,
-            top_k=3,
-            score_threshold=None,
-        )
-        assert chunks
-    finally:
-        await other.close()
-        await this.close()
+        assert await search(this)
 
 
 async def test_a_declared_base_still_indexing_is_searched_as_it_is_after_the_wait(
-    kb_settings: Settings, store: Store, caplog: pytest.LogCaptureFixture
+    started: Started, caplog: pytest.LogCaptureFixture
 ) -> None:
-    svc = KnowledgeService(kb_settings, store)
-    await svc.start(worker=False)  # nothing indexes: as when another replica does it
-    try:
+    async with started(worker=False) as svc:  # nothing indexes: as when another replica does it
         await bootstrap_flows(svc, RAG)
         with caplog.at_level(logging.INFO, "flowhost.knowledge"):
             await svc.wait_declared(["rag_docs", "not_declared"], 0.05)
@@ -184,18 +168,7 @@ async def test_a_declared_base_still_indexing_is_searched_as_it_is_after_the_wai
             caplog.clear()
             await svc.wait_declared(["rag_docs"], 0.05)  # given up once, for every search
         assert "waits" not in caplog.text
-        assert (
-            await svc.retrieve(
-                "knowledge base",
-                pipeline_ids=["rag_docs"],
-                options=None,
-                top_k=3,
-                score_threshold=None,
-            )
-            == []
-        )
-    finally:
-        await svc.close()
+        assert await search(svc) == []
 
 
 def test_node_definition_errors(tmp_path: Path) -> None:
