@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
-import orjson
+from flowhost.jsontext import compact_json
 
 __all__ = ["dumps", "iso_time", "sse"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# datetimes and dataclasses go to _default, as with json; what orjson refuses (non-str keys,
-# ints beyond 64 bits, lone surrogates) is written by json instead
-_ORJSON: Final = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def _default(o: Any) -> Any:
@@ -34,11 +30,11 @@ def dumps(obj: Any, *, compact: bool = True) -> str:
     A lone surrogate (``"\\ud800"`` is valid JSON, so a client can send one) has no UTF-8 form:
     it stays \\u-escaped, so the text always encodes.
     """
-    if compact:  # orjson: the same text, ~10x faster (NaN is null, as JSON has no NaN)
-        with contextlib.suppress(orjson.JSONEncodeError, TypeError):
-            return orjson.dumps(obj, default=_default, option=_ORJSON).decode()
-    text = json.dumps(
-        obj, ensure_ascii=False, default=_default, separators=(",", ":") if compact else None
+    # compact: through orjson, the same text ~10x faster (NaN is null, as JSON has no NaN)
+    text = (
+        compact_json(obj, _default)
+        if compact
+        else json.dumps(obj, ensure_ascii=False, default=_default)
     )
     if _SURROGATE.search(text):  # only inside strings, where an escape is valid JSON
         text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
