@@ -109,8 +109,7 @@ class KnowledgeService:
         try:
             await run_job(self, job)
         finally:
-            if job.pipeline_id in self._declared:
-                self._declared_indexed(job.pipeline_id, {job.file_id})
+            self._declared_indexed(job.pipeline_id, job.file_id)
 
     # --- bases declared in knowledge.yaml ----------------------------------------------------
     async def expect_declared(self, doc: Document, job: Job | None) -> None:
@@ -120,15 +119,23 @@ class KnowledgeService:
             return
         self._declared.setdefault(doc.pipeline_id, set()).add(doc.file_id)
         if job is None:  # its job was queued before this start: it may have ended meanwhile
-            doc = await self.repo.get_document(doc.file_id)
-            if doc.status in ("completed", "failed"):
-                self._declared_indexed(doc.pipeline_id, {doc.file_id})
+            await self._look_up_declared(doc.pipeline_id, doc.file_id)
 
-    def _declared_indexed(self, pipeline_id: str, file_ids: set[str]) -> None:
+    async def _look_up_declared(self, pipeline_id: str, file_id: str) -> None:
+        """Mark an awaited document done if the catalogue says it is (by any process)."""
+        try:
+            doc = await self.repo.get_document(file_id)
+        except NotFound:  # deleted meanwhile: nothing to wait for
+            self._declared_indexed(pipeline_id, file_id)
+            return
+        if doc.status in ("completed", "failed"):
+            self._declared_indexed(pipeline_id, file_id)
+
+    def _declared_indexed(self, pipeline_id: str, file_id: str) -> None:
         left = self._declared.get(pipeline_id)
         if left is None:
             return
-        left -= file_ids
+        left.discard(file_id)
         if not left:
             del self._declared[pipeline_id]
             log.info("knowledge base %s (declared) is indexed", pipeline_id)
@@ -152,7 +159,9 @@ class KnowledgeService:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(DECLARED_POLL_S):
                             await self._declared_done.wait()
-                    await self._declared_elsewhere(wanted)
+                    for pid in wanted:  # indexed elsewhere (another replica) meanwhile?
+                        for file_id in list(self._declared.get(pid, ())):
+                            await self._look_up_declared(pid, file_id)
         except TimeoutError:
             log.warning(
                 "knowledge bases %s still indexing after %gs: searching them as they are",
@@ -161,18 +170,6 @@ class KnowledgeService:
             )
             for p in wanted:
                 self._declared.pop(p, None)
-
-    async def _declared_elsewhere(self, pipeline_ids: Sequence[str]) -> None:
-        """Mark the awaited documents that are indexed (or failed) by now, by any process."""
-        for pid in pipeline_ids:
-            for file_id in list(self._declared.get(pid, ())):
-                try:
-                    doc = await self.repo.get_document(file_id)
-                except NotFound:  # deleted meanwhile: nothing to wait for
-                    self._declared_indexed(pid, {file_id})
-                    continue
-                if doc.status in ("completed", "failed"):
-                    self._declared_indexed(pid, {file_id})
 
     def mark_dirty(self, space: str) -> None:
         """A job wrote to ``space``: refresh its indexes when the queue is empty."""
