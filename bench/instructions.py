@@ -155,30 +155,17 @@ async def _child(target: str, requests: int, warmup: int, sync: Path) -> None:
     if pipeline is not None:
         await pipeline.flush()
     statuses.clear()
-    _signal(sync / "ready")
-    _wait_for(sync / "go")
+    (sync / "ready").touch()
+    _await_file(sync / "go", 600)
     await load(requests // CONCURRENCY)
     if pipeline is not None:
         await pipeline.flush()  # the counted runs' spans are stored inside the window
-    _signal(sync / "done")
-    _wait_for(sync / "stop")
+    (sync / "done").touch()
+    _await_file(sync / "stop", 600)
     if set(statuses) != {200}:
         raise SystemExit(f"{target}: statuses {sorted(set(statuses))}, expected only 200")
     await lifespan.put({"type": "lifespan.shutdown"})
     await running
-
-
-def _signal(path: Path) -> None:
-    path.touch()
-
-
-def _wait_for(path: Path, limit_s: float = 600.0) -> None:
-    """Block (the whole process: nothing must run meanwhile) until ``path`` exists."""
-    deadline = time.monotonic() + limit_s
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"gave up waiting for {path.name}")
-        time.sleep(0.02)
 
 
 # --- the parent ----------------------------------------------------------------------------------
@@ -213,12 +200,12 @@ def count(target: str, requests: int, warmup: int = WARMUP_PER_TASK) -> float:
         env = {**os.environ, "PYTHONPATH": path}
         with subprocess.Popen(cmd, cwd=ROOT, env=env) as proc:
             try:
-                _await_file(sync / "ready", proc)
+                _await_file(sync / "ready", 900, proc)
                 _control(control, "on", proc.pid)
-                _signal(sync / "go")
-                _await_file(sync / "done", proc)
+                (sync / "go").touch()
+                _await_file(sync / "done", 900, proc)
                 _control(control, "off", proc.pid)
-                _signal(sync / "stop")
+                (sync / "stop").touch()
                 if proc.wait(timeout=600) != 0:
                     raise RuntimeError(f"{target}: exit status {proc.returncode}")
             finally:
@@ -235,14 +222,16 @@ def _control(control: str, state: str, pid: int) -> None:
     subprocess.run([control, "-i", state, str(pid)], check=True, capture_output=True)
 
 
-def _await_file(path: Path, proc: subprocess.Popen[bytes], limit_s: float = 900.0) -> None:
+def _await_file(path: Path, limit_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until ``path`` exists (the child: the whole process, so nothing runs meanwhile);
+    the parent also stops waiting when the child ``proc`` has exited."""
     deadline = time.monotonic() + limit_s
     while not path.exists():
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"the child exited ({proc.returncode}) before {path.name}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"no {path.name} within {limit_s:g} s")
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
