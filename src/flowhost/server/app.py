@@ -45,7 +45,7 @@ from flowhost.server.middleware import RequestContextMiddleware
 from flowhost.server.openapi import document_errors
 from flowhost.service import RunService, RunSink
 from flowhost.store import Store, StoreError
-from flowhost.tracing import TraceContextMiddleware, build_tracing  # tracing
+from flowhost.tracing import TraceContextMiddleware, Tracing, build_tracing  # tracing
 from flowhost.wire.complete.routes import router as complete_router
 from flowhost.wire.dashscope.routes import router as dashscope_router
 from flowhost.wire.history.routes import router as history_router
@@ -75,6 +75,36 @@ async def open_store(settings: Settings) -> Store:
 
 
 log = logging.getLogger("flowhost.server")
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _log_start(
+    settings: Settings, apps: AppRegistry, store: Store, tracing: Tracing | None
+) -> None:
+    """What this server serves and keeps where, once, at start (no secret in it)."""
+    names = [f"{a} (default)" if a == apps.default_app else a for a in apps.apps]
+    log.info("serving %s from %s", ", ".join(names), settings.flows)
+    traced = "off"
+    if tracing is not None:
+        traced = "on, local span store" + (
+            f" and OTLP to {tracing.otlp_endpoint}" if tracing.otlp_endpoint else ""
+        )
+    log.info(
+        "database %s; chat history %s; tracing %s",
+        store.engine.url.render_as_string(hide_password=True),
+        "on" if settings.history else "off",
+        traced,
+    )
+    if settings.token_value:
+        log.info("every route but health and docs needs the bearer token")
+    elif settings.host in _LOOPBACK:
+        log.info("no token set: any local client may call every route")
+    else:
+        log.warning(
+            "no token set and listening on %s: anyone who reaches it may call every route "
+            "(set --token or FLOWHOST_TOKEN)",
+            settings.host,
+        )
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -206,6 +236,7 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
             # all. Measured (bench llm, 500 users, back to back): 1.77-1.96 -> 1.58-1.72 ms of
             # CPU per call, 366-419 -> 424-428 req/s.
             gc.set_threshold(*GC_THRESHOLDS)
+            _log_start(settings, apps, store, tracing)
             yield
         finally:
             if tracing is not None:  # flush spans before the store closes

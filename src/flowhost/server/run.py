@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import os
@@ -41,11 +42,35 @@ def _settle_gc(*, freeze: bool = True) -> None:
         gc.enable()
 
 
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging set-up plus flowhost's loggers, at ``level``, named in each line.
+
+    uvicorn configures only its own loggers: without this, everything below WARNING that
+    flowhost logs (knowledge bases created and indexed, exporters started) went nowhere."""
+    config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["flowhost"] = {
+        "()": "uvicorn.logging.DefaultFormatter",
+        "fmt": "%(levelprefix)s %(name)s: %(message)s",
+    }
+    config["handlers"]["flowhost"] = {
+        "formatter": "flowhost",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["flowhost"] = {
+        "handlers": ["flowhost"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config
+
+
 def serve(settings: Settings) -> None:
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
+        "log_config": log_config(settings.log_level),
         "access_log": settings.access_log,
         "timeout_graceful_shutdown": settings.graceful_timeout,
         "server_header": False,
