@@ -77,6 +77,11 @@ def main() -> None:
 @click.option("--max-body-bytes", type=int, help="request body limit [10 MiB]")
 @click.option("--node-timeout", type=float, help="per-node timeout in seconds [600]")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--access-log/--no-access-log",
+    default=None,
+    help="log every request [env FLOWHOST_ACCESS_LOG; off]",
+)
 # tracing
 @click.option("--enable-tracing/--disable-tracing", default=None, help="trace every run [on]")
 @click.option(

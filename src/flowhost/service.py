@@ -140,6 +140,8 @@ class PreparedRun:
                 async for event in stream:
                     if isinstance(event, RunFinished | RunFailed):
                         final = event
+                        if isinstance(event, RunFailed):
+                            self._log_failure(event.error)
                         if self.session_id is not None and svc.history is not None:
                             event = await self._record(svc.history, event)
                     for on_event in observe:
@@ -157,6 +159,23 @@ class PreparedRun:
                         log.error(
                             "run %s: recording the canceled turn failed: %s", self.run_id, exc
                         )
+
+    def _log_failure(self, err: ErrorInfo) -> None:
+        """A failed run, for the operator (the client has the same message, nothing more)."""
+        where = f" in node {err.node!r}" if err.node else ""
+        if err.node and err.message.startswith(f"node {err.node!r}"):
+            where = ""
+        log.log(
+            logging.WARNING if err.status >= 500 else logging.INFO,
+            "run %s of app %s (%s, request %s) failed%s: %s: %s",
+            self.run_id,
+            self.app.app_id,
+            self.protocol,
+            self.ctx.request_id,
+            where,
+            err.code,
+            err.message,
+        )
 
     async def _record(self, history: HistoryBackend, final: RunFinished | RunFailed) -> RunEvent:
         """Store the turn; a run whose turn cannot be stored is reported as failed."""

@@ -1,0 +1,75 @@
+"""What ``flowhost serve`` logs: flowhost's own lines reach the output (uvicorn configures only
+its own loggers), at ``--log-level``, with no secret; the start says what is served where, and a
+failed run is one line the operator can match to the client's request id."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ECHO = Path(__file__).resolve().parents[2] / "examples" / "flows" / "echo"
+PROTOCOLS = Path(__file__).resolve().parents[1] / "flows_fixtures" / "protocols"
+Server = Any  # tests/conftest.py's Server
+
+
+def test_start_names_the_app_the_database_and_the_auth_without_the_token(
+    server_factory: Callable[..., Server],
+) -> None:
+    token = "s3cret-token-value"
+    server = server_factory(ECHO, token=token)
+    out = server.output()
+    assert "INFO:     flowhost.server: serving echo (default) from " in out
+    assert "database sqlite+aiosqlite:///" in out
+    assert "chat history on; tracing on, local span store" in out
+    assert "every route but health and docs needs the bearer token" in out
+    assert token not in out
+
+
+def test_an_open_server_on_a_public_address_is_a_warning(
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory(ECHO, "--host", "0.0.0.0", "--no-history", "--disable-tracing")
+    out = server.output()
+    assert "WARNING:  flowhost.server: no token set and listening on 0.0.0.0" in out
+    assert "chat history off; tracing off" in out
+
+
+def test_log_level_applies_to_flowhost_lines(server_factory: Callable[..., Server]) -> None:
+    server = server_factory(ECHO, "--log-level", "warning")
+    out = server.output()
+    assert "Application startup complete" not in out  # uvicorn's INFO lines: off too
+    assert "flowhost.server" not in out
+
+
+def test_a_failed_run_is_logged_with_its_request_id(
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory(PROTOCOLS, "--default-app", "explode")
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        reply = client.post("/", json={"question": " why "})
+        ok = client.post("/apps/plain", json={"topic": "hi"})
+    assert reply.status_code == 500
+    request_id = reply.json()["request_id"]
+    deadline = time.monotonic() + 10  # the log line is written as the run ends: poll for it
+    while request_id not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = next(x for x in server.output().splitlines() if request_id in x)
+    assert line.startswith("WARNING:  flowhost.service: run ")
+    assert f"of app explode (simple, request {request_id}) failed" in line
+    assert "the answer to 'why' is unknowable" in line
+    assert ok.status_code == 200, ok.text
+    assert ok.headers["x-request-id"] not in server.output()  # a run that succeeds: silent
+
+
+def test_access_log_flag_logs_each_request(server_factory: Callable[..., Server]) -> None:
+    server = server_factory(ECHO, "--access-log", "--no-history")
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.post("/", json={"question": "hi"}).status_code == 200
+    deadline = time.monotonic() + 10
+    while '"POST / HTTP/1.1" 200' not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert '"POST / HTTP/1.1" 200' in server.output()
