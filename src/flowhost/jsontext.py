@@ -19,11 +19,23 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["compact_json", "parse_json"]
+__all__ = ["compact_json", "lenient_default", "parse_json"]
 
 _OPTIONS: Final = (
     orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 )
+
+
+def lenient_default(o: Any) -> Any:
+    """A ``default`` for values JSON has no type for: pydantic models as their dump, sets and
+    tuples as lists, bytes as (lenient) UTF-8 text, anything else as ``str(o)``."""
+    if hasattr(o, "model_dump"):
+        return o.model_dump()
+    if isinstance(o, set | frozenset | tuple):
+        return list(o)
+    if isinstance(o, bytes):
+        return o.decode("utf-8", "replace")
+    return str(o)
 
 
 def compact_json(value: Any, default: Callable[[Any], Any] | None = None) -> str:

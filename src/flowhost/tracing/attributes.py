@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from flowhost.engine.events import ErrorInfo, ModelUsage
-from flowhost.jsontext import compact_json
+from flowhost.jsontext import compact_json, lenient_default
 from flowhost.wire.sse import dumps
 
 __all__ = [
@@ -123,18 +123,8 @@ class Redactor:
 _CONTAINERS: Final = (Mapping, list, tuple)
 
 
-def _json_default(o: Any) -> Any:  # as flowhost.wire.sse.dumps: unknown types as strings
-    if hasattr(o, "model_dump"):
-        return o.model_dump()
-    if isinstance(o, set | frozenset | tuple):
-        return list(o)
-    if isinstance(o, bytes):
-        return o.decode("utf-8", "replace")
-    return str(o)
-
-
 def _encode(value: Any) -> str:
-    return compact_json(value, _json_default)
+    return compact_json(value, lenient_default)
 
 
 def _maybe_secret(text: str) -> bool:

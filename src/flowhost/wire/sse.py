@@ -7,21 +7,11 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from flowhost.jsontext import compact_json
+from flowhost.jsontext import compact_json, lenient_default
 
 __all__ = ["dumps", "iso_time", "sse"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _default(o: Any) -> Any:
-    if hasattr(o, "model_dump"):
-        return o.model_dump()
-    if isinstance(o, set | frozenset | tuple):
-        return list(o)
-    if isinstance(o, bytes):
-        return o.decode("utf-8", "replace")
-    return str(o)
 
 
 def dumps(obj: Any, *, compact: bool = True) -> str:
@@ -32,9 +22,9 @@ def dumps(obj: Any, *, compact: bool = True) -> str:
     """
     # compact: through orjson, the same text ~10x faster (NaN is null, as JSON has no NaN)
     text = (
-        compact_json(obj, _default)
+        compact_json(obj, lenient_default)
         if compact
-        else json.dumps(obj, ensure_ascii=False, default=_default)
+        else json.dumps(obj, ensure_ascii=False, default=lenient_default)
     )
     if _SURROGATE.search(text):  # only inside strings, where an escape is valid JSON
         text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
