@@ -120,6 +120,28 @@ def post_json(
         conn.close()
 
 
+def traces_lost(port: int, timeout: float = 30.0) -> float:
+    """Runs whose spans a flowhost server did not store (queue full or store error), from its
+    ``/metrics`` (``flowhost_trace_runs_lost_total``, all reasons)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        text = resp.read().decode()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"GET /metrics answered {resp.status}")
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "flowhost_trace_runs_lost_total"
+    )
+
+
 def start_bare(servers: Servers, *, cpus: tuple[int, ...] | None) -> ServerProc:
     return servers.start("bare-starlette", ["-m", "bench.baseline_app"], cpus=cpus)
 

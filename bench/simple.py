@@ -25,6 +25,7 @@ from bench.common import (
     ratio,
     start_bare,
     start_flowhost,
+    traces_lost,
 )
 from bench.loadgen import LoadResult
 from bench.pfserve import PF_PATH, promptflow_exe, start_promptflow
@@ -43,7 +44,6 @@ NO_TRACE = "flowhost, tracing off"
 NO_TRACE_ENV = {"FLOWHOST_ENABLE_TRACING": "false"}
 # And promptflow's own server on the same flow, when it installs in a side venv (no target).
 PROMPTFLOW = "promptflow (pf flow serve)"
-DROPPED = "spans dropped"  # what flowhost logs when its span queue is full (tracing.pipeline)
 
 
 def _measure(
@@ -128,10 +128,19 @@ def run(cfg: Config) -> Section:
                     run = _measure(cfg, srv, conns, paths[name], warm=turn == 0)
                     runs.setdefault((name, conns), []).append(run)
         rss = {name: rss_bytes(srv.pid) for name, srv in targets.items()}
-        # A server whose span queue overflowed skipped that tracing work and looks faster.
-        dropped = {name for name, srv in targets.items() if DROPPED in srv.output()}
+        # A server whose span queue overflowed (or whose store refused spans) skipped that
+        # tracing work and looks faster.
+        lost = {
+            name: traces_lost(targets[name].port)
+            for name in ("flowhost", NO_TRACE)
+            if name in targets
+        }
+        dropped = {name for name, runs_lost in lost.items() if runs_lost}
     for name in dropped:
-        sec.notes.append(f"{name} dropped spans (its log says so): its figures leave that work out")
+        sec.notes.append(
+            f"{name} did not store the spans of {lost[name]:,.0f} runs "
+            "(flowhost_trace_runs_lost_total): its figures leave that work out"
+        )
     results = {
         key: (_combine([r for r, _ in rounds]), sum(cpu for _, cpu in rounds))
         for key, rounds in runs.items()

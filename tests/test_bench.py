@@ -4,9 +4,13 @@ those belong to ``make bench``)."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from bench.common import traces_lost
 from bench.knowledge import SHAPES, _retrieval
 
 from flowhost.knowledge.lancedb_store import IVF_MIN_ROWS
@@ -48,3 +52,15 @@ def test_instruction_counts_are_repeatable_and_see_the_app() -> None:
         bare, again, off = pool.map(lambda t: count(t, 320, warmup=10), ["bare", "bare", "off"])
     assert abs(bare - again) <= 0.02 * bare
     assert off > 1.5 * bare > 0
+
+
+def test_lost_traces_are_read_from_a_real_servers_metrics(
+    server_factory: Callable[..., Any],
+) -> None:
+    """``bench simple`` fails a flowhost that skipped tracing work: it reads the counter the
+    server really exports (a wrong metric name would read 0 for ever)."""
+    echo = Path(__file__).resolve().parents[1] / "examples" / "flows" / "echo"
+    server = server_factory(echo, "--no-history")
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'flowhost_trace_runs_lost_total{reason="dropped"} 0.0' in text
+    assert traces_lost(server.port) == 0.0
