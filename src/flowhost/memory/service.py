@@ -276,7 +276,7 @@ class MemoryService:
     async def _extract_logged(self, memory_id: str, message: str, run_id: str) -> None:
         try:
             ops = await self.extract(memory_id, message, run_id)
-            log.info("memory %s: run %s: %d operation(s) applied", memory_id, run_id, len(ops))
+            log.debug("memory %s: run %s: %d operation(s) applied", memory_id, run_id, len(ops))
         except Exception as exc:
             log.warning("memory %s: extraction for run %s failed: %s", memory_id, run_id, exc)
 

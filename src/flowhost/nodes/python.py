@@ -197,7 +197,8 @@ class InlinePolicy:
         if wall > self.SLOW_S:
             self.inline = False
             self.streak = 0
-            log.info(
+            # DEBUG: a preempted quick function (a throttled container) flips back and forth
+            log.debug(
                 "python node %s: a run took %.1f ms on the event loop; back to the thread pool",
                 name,
                 wall * 1000,
