@@ -154,3 +154,38 @@ async def test_ready_before_the_store_is_open(app: Any) -> None:
     resp = await _ready(app)
     assert resp.status_code == 503
     assert resp.json()["checks"] == {"database": "down"}
+
+
+class _Indexing:
+    """A knowledge service whose declared bases are still indexing (or cannot say)."""
+
+    def __init__(self, pending: dict[str, int] | Exception) -> None:
+        self.pending = pending
+        self.vectors = self
+
+    async def ping(self) -> None:
+        return None
+
+    async def declared_indexing(self) -> dict[str, int]:
+        if isinstance(self.pending, Exception):
+            raise self.pending
+        return self.pending
+
+
+@pytest.mark.anyio
+async def test_ready_reports_declared_bases_still_indexing(app: Any) -> None:
+    app.state.store = _Store(fail=False)
+    app.state.knowledge = _Indexing({"rag_docs": 2})
+    resp = await _ready(app)
+    assert resp.status_code == 200  # searches wait for them: the replica is ready
+    assert resp.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "vector_store": "ok"},
+        "indexing": {"rag_docs": 2},
+    }
+    app.state.knowledge = _Indexing({})
+    assert "indexing" not in (await _ready(app)).json()
+    app.state.knowledge = _Indexing(RuntimeError("lost the connection"))
+    resp = await _ready(app)
+    assert resp.status_code == 200
+    assert resp.json() == {"status": "ok", "checks": {"database": "ok", "vector_store": "ok"}}

@@ -171,6 +171,20 @@ async def test_a_declared_base_still_indexing_is_searched_as_it_is_after_the_wai
         assert await search(svc) == []
 
 
+async def test_declared_indexing_counts_what_is_left_whoever_indexes_it(
+    started: Started,
+) -> None:
+    async with started(worker=False) as this, started(worker=False) as other:
+        assert await this.declared_indexing() == {}
+        await bootstrap_flows(this, RAG)
+        queued = {p: len(await this.list_documents(p)) for p in ("rag_docs", "rag_phones")}
+        assert await this.declared_indexing() == queued
+        await this.wait_declared(["rag_docs"], 0.01)  # a search stops waiting: still indexing
+        assert await this.declared_indexing() == queued
+        assert await other.run_pending_jobs() > 0  # another process indexes them all
+        assert await this.declared_indexing() == {}
+
+
 def test_node_definition_errors(tmp_path: Path) -> None:
     assert "knowledge_retrieval" in NODE_FACTORIES
     (tmp_path / "flow.dag.yaml").write_text(

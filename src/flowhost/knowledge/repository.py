@@ -267,6 +267,22 @@ class KnowledgeRepository:
         rows = await self._read(lambda conn: conn.execute(statement).all())
         return {r[0]: r[1] for r in rows}
 
+    async def unfinished_of(self, file_ids: Sequence[str]) -> set[str]:
+        """The existing files among ``file_ids`` that are neither indexed nor failed."""
+        d = self.t.doc
+        statements = [  # bounded IN lists
+            select(d.c.file_id).where(
+                d.c.file_id.in_(list(file_ids[i : i + 500])),
+                d.c.status.not_in(("completed", "failed")),
+            )
+            for i in range(0, len(file_ids), 500)
+        ]
+
+        def read(conn: Connection) -> set[str]:
+            return {f for statement in statements for f in conn.execute(statement).scalars()}
+
+        return await self._read(read)
+
     async def get_blob(self, file_id: str) -> bytes:
         b = self.t.blob
         statement = select(b.c.content).where(b.c.file_id == file_id)

@@ -66,6 +66,7 @@ class KnowledgeService:
         # such a base waits for them (see ``wait_declared``)
         self._declared: dict[str, set[str]] = {}
         self._declared_done = asyncio.Event()
+        self._not_waited_for: set[str] = set()  # declared bases a search stopped waiting for
 
     @staticmethod
     def _make_vector_store(settings: Settings) -> VectorStore:
@@ -119,17 +120,26 @@ class KnowledgeService:
             return
         self._declared.setdefault(doc.pipeline_id, set()).add(doc.file_id)
         if job is None:  # its job was queued before this start: it may have ended meanwhile
-            await self._look_up_declared(doc.pipeline_id, doc.file_id)
+            await self._look_up_declared([doc.file_id])
 
-    async def _look_up_declared(self, pipeline_id: str, file_id: str) -> None:
-        """Mark an awaited document done if the catalogue says it is (by any process)."""
-        try:
-            doc = await self.repo.get_document(file_id)
-        except NotFound:  # deleted meanwhile: nothing to wait for
-            self._declared_indexed(pipeline_id, file_id)
+    async def _look_up_declared(self, file_ids: list[str] | None = None) -> None:
+        """Mark awaited documents (``file_ids``, default all) done where the catalogue says
+        they are, whichever process indexed them; a deleted one has nothing to wait for."""
+        if file_ids is None:
+            file_ids = [f for files in self._declared.values() for f in files]
+        if not file_ids:
             return
-        if doc.status in ("completed", "failed"):
-            self._declared_indexed(pipeline_id, file_id)
+        left = await self.repo.unfinished_of(file_ids)
+        wanted = set(file_ids)
+        for pipeline_id, files in list(self._declared.items()):
+            for file_id in files & wanted - left:
+                self._declared_indexed(pipeline_id, file_id)
+
+    async def declared_indexing(self) -> dict[str, int]:
+        """Documents that bases declared in knowledge.yaml are still indexing, per base, as
+        the catalogue says now (for ``/health/ready``)."""
+        await self._look_up_declared()
+        return {pipeline_id: len(files) for pipeline_id, files in self._declared.items()}
 
     def _declared_indexed(self, pipeline_id: str, file_id: str) -> None:
         left = self._declared.get(pipeline_id)
@@ -149,7 +159,7 @@ class KnowledgeService:
         it. This process's worker wakes the waiters; documents another replica indexes are
         looked up every ``DECLARED_POLL_S``. A base still indexing after ``limit_s`` is
         searched as it is, from then on."""
-        wanted = [p for p in pipeline_ids if p in self._declared]
+        wanted = [p for p in pipeline_ids if p in self._declared and p not in self._not_waited_for]
         if not wanted:
             return
         log.info("search waits for %s to finish indexing (declared)", ", ".join(wanted))
@@ -159,17 +169,17 @@ class KnowledgeService:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(DECLARED_POLL_S):
                             await self._declared_done.wait()
-                    for pid in wanted:  # indexed elsewhere (another replica) meanwhile?
-                        for file_id in list(self._declared.get(pid, ())):
-                            await self._look_up_declared(pid, file_id)
+                    # indexed elsewhere (another replica) meanwhile?
+                    await self._look_up_declared(
+                        [f for p in wanted for f in self._declared.get(p, ())]
+                    )
         except TimeoutError:
             log.warning(
                 "knowledge bases %s still indexing after %gs: searching them as they are",
                 ", ".join(wanted),
                 limit_s,
             )
-            for p in wanted:
-                self._declared.pop(p, None)
+            self._not_waited_for.update(wanted)  # still reported by ``declared_indexing``
 
     def mark_dirty(self, space: str) -> None:
         """A job wrote to ``space``: refresh its indexes when the queue is empty."""

@@ -4,7 +4,8 @@
   nothing outside the process.
 - ready: the database answers ``SELECT 1`` and, when the knowledge service is running, the vector
   store answers too. Otherwise 503 with an RFC 7807 body naming what is down, so a load balancer
-  stops sending traffic to this replica until its dependencies are back.
+  stops sending traffic to this replica until its dependencies are back. While bases declared in
+  knowledge.yaml are still indexing, the 200 body counts their documents left (``indexing``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ async def _check(name: str, call: Any, down: dict[str, str]) -> None:
         log.warning("readiness: %s is down: %s", name, getattr(exc, "message", None) or exc)
 
 
+async def _declared_indexing(knowledge: Any) -> dict[str, int]:
+    """Documents the bases declared in knowledge.yaml are still indexing (searches of those
+    bases wait for them), per base; informative only: it does not make the replica unready."""
+    try:
+        with anyio.fail_after(CHECK_TIMEOUT):
+            indexing: dict[str, int] = await knowledge.declared_indexing()
+            return indexing
+    except Exception as exc:  # the database answered a moment ago: report nothing this time
+        log.debug("readiness: cannot read the declared bases' indexing: %s", exc)
+        return {}
+
+
 @router.get(
     "/health/ready",
     summary="Readiness: the database (and the vector store, when in use) answer",
@@ -85,12 +98,18 @@ async def ready(request: Request) -> Response:
         await _check("database", store.ping, down)
     checks["database"] = "ok" if "database" not in down else "down"
     knowledge = getattr(state, "knowledge", None)
+    indexing: dict[str, int] = {}
     if knowledge is not None:
         vectors = knowledge.vectors
         await _check("vector_store", lambda: _ping_vectors(vectors), down)
         checks["vector_store"] = "ok" if "vector_store" not in down else "down"
+        if not down:
+            indexing = await _declared_indexing(knowledge)
     if not down:
-        return JSONResponse({"status": "ok", "checks": checks})
+        body: dict[str, Any] = {"status": "ok", "checks": checks}
+        if indexing:
+            body["indexing"] = indexing
+        return JSONResponse(body)
     detail = "; ".join(f"{name}: {why}" for name, why in down.items())
     body = {
         "type": "about:blank",
