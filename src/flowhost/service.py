@@ -30,6 +30,7 @@ from flowhost.ids import uuid7
 
 if TYPE_CHECKING:
     from flowhost.memory import MemoryService
+    from flowhost.tracing.attributes import Redactor
 
 __all__ = [
     "HistoryBackend",
@@ -161,10 +162,15 @@ class PreparedRun:
                         )
 
     def _log_failure(self, err: ErrorInfo) -> None:
-        """A failed run, for the operator (the client has the same message, nothing more)."""
+        """A failed run, for the operator: the client's message, the server's secrets and the
+        run's tokens scrubbed."""
         where = f" in node {err.node!r}" if err.node else ""
         if err.node and err.message.startswith(f"node {err.node!r}"):
             where = ""
+        message = err.message
+        redactor = self.service.redactor
+        if redactor is not None:  # a node's message may quote a token the run was given
+            message = redactor.for_tokens(self.ctx.user_defined_tokens).text(message)
         log.log(
             logging.WARNING if err.status >= 500 else logging.INFO,
             "run %s of app %s (%s, request %s) failed%s: %s: %s",
@@ -174,7 +180,7 @@ class PreparedRun:
             self.ctx.request_id,
             where,
             err.code,
-            err.message,
+            message,
         )
 
     async def _record(self, history: HistoryBackend, final: RunFinished | RunFailed) -> RunEvent:
@@ -200,11 +206,14 @@ class RunService:
         settings: Settings,
         history: HistoryBackend | None = None,
         sinks: list[RunSink] | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
+        """``redactor``: scrubs the server's secrets out of what is logged of a failed run."""
         self.apps = apps
         self.settings = settings
         self.history = history
         self.sinks: list[RunSink] = sinks or []
+        self.redactor = redactor
         self.memory: MemoryService | None = None
 
     def uses_history(self, app: App) -> bool:

@@ -48,11 +48,14 @@ def test_log_level_applies_to_flowhost_lines(server_factory: Callable[..., Serve
 def test_a_failed_run_is_logged_with_its_request_id(
     server_factory: Callable[..., Server],
 ) -> None:
-    server = server_factory(PROTOCOLS, "--default-app", "explode")
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    token = "s3cret-token-value"
+    server = server_factory(PROTOCOLS, "--default-app", "explode", token=token)
+    auth = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=server.url, headers=auth, timeout=10) as client:
         reply = client.post("/", json={"question": " why "})
+        quoting = client.post("/", json={"question": f"why {token}"})
         ok = client.post("/apps/plain", json={"topic": "hi"})
-    assert reply.status_code == 500
+    assert reply.status_code == quoting.status_code == 500
     request_id = reply.json()["request_id"]
     deadline = time.monotonic() + 10  # the log line is written as the run ends: poll for it
     while request_id not in server.output() and time.monotonic() < deadline:
@@ -61,6 +64,13 @@ def test_a_failed_run_is_logged_with_its_request_id(
     assert line.startswith("WARNING:  flowhost.service: run ")
     assert f"of app explode (simple, request {request_id}) failed" in line
     assert "the answer to 'why' is unknowable" in line
+    # the node's message quoted the server's token: the client has it, the log does not
+    assert token in quoting.json()["detail"]
+    rid = quoting.json()["request_id"]
+    while rid not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "the answer to 'why [redacted]' is unknowable" in server.output()
+    assert token not in server.output()
     assert ok.status_code == 200, ok.text
     assert ok.headers["x-request-id"] not in server.output()  # a run that succeeds: silent
 

@@ -45,7 +45,13 @@ from flowhost.server.middleware import RequestContextMiddleware
 from flowhost.server.openapi import document_errors
 from flowhost.service import RunService, RunSink
 from flowhost.store import Store, StoreError
-from flowhost.tracing import TraceContextMiddleware, Tracing, build_tracing  # tracing
+from flowhost.tracing import (  # tracing
+    Redactor,
+    TraceContextMiddleware,
+    Tracing,
+    build_tracing,
+    known_secrets,
+)
 from flowhost.wire.complete.routes import router as complete_router
 from flowhost.wire.dashscope.routes import router as dashscope_router
 from flowhost.wire.history.routes import router as history_router
@@ -202,7 +208,10 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
     sinks: list[RunSink] = [MetricsSink()]  # metrics: counters only, recorded at run close
     if tracing is not None:
         sinks.append(tracing.sink)
-    service = RunService(apps, settings, sinks=sinks)
+    redactor = (
+        tracing.sink.redactor if tracing is not None else Redactor(known_secrets(settings, apps))
+    )
+    service = RunService(apps, settings, sinks=sinks, redactor=redactor)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -75,6 +75,14 @@ class Redactor:
         extra = [s for s in more if len(s) >= MIN_SECRET_LEN]
         return Redactor((*self._secrets, *extra)) if extra else self
 
+    def for_tokens(self, tokens: Mapping[str, Mapping[str, Any]]) -> Redactor:
+        """This redactor plus a run's ``user_defined_tokens`` values (``{node: {name: value}}``)."""
+        if not tokens:
+            return self
+        return self.with_secrets(
+            v for values in tokens.values() for v in values.values() if isinstance(v, str)
+        )
+
     def text(self, value: str) -> str:
         """Scrub known secrets out of ``value`` and bound its length."""
         for secret in self._secrets:

@@ -58,10 +58,6 @@ def _ns(ts: float) -> int:
     return int(ts * 1e9)
 
 
-def _secrets_of(tokens: dict[str, dict[str, Any]]) -> list[str]:
-    return [v for values in tokens.values() for v in values.values() if isinstance(v, str)]
-
-
 class TracingSink:
     """A ``RunSink``: opens a ``RunTrace`` per run while a pipeline is set (``Tracing.start``)."""
 
@@ -97,10 +93,7 @@ class RunTrace:
 
     def __init__(self, sink: TracingSink, pipeline: SpanPipeline, prepared: PreparedRun) -> None:
         ctx = prepared.ctx
-        redact = sink.redactor
-        if ctx.user_defined_tokens:
-            redact = redact.with_secrets(_secrets_of(ctx.user_defined_tokens))
-        self._redact = redact
+        self._redact = redact = sink.redactor.for_tokens(ctx.user_defined_tokens)
         self._content = sink.content
         self._emit = pipeline.emit if pipeline.active else None
         self._nodes: dict[str, SpanData] = {}  # started, not ended
