@@ -128,6 +128,27 @@ def test_the_real_entry_point() -> None:
     assert json.loads(out.stdout) == {"answer": "You asked: is it? (2 words)"}
 
 
+def test_the_real_entry_point_prints_a_failure_once() -> None:
+    """No log line beside the error: the server logs failed runs, ``flowhost run`` does not."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flowhost",
+            "run",
+            str(FIXTURES / "served" / "fail"),
+            "-i",
+            "question=why",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert out.stderr == "Error: ValueError: the answer to 'why' is unknowable\n"
+
+
 def test_validate_the_examples() -> None:
     code, out, err = invoke("validate", str(EXAMPLES))
     assert (code, err) == (0, "")

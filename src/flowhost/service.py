@@ -141,7 +141,7 @@ class PreparedRun:
                 async for event in stream:
                     if isinstance(event, RunFinished | RunFailed):
                         final = event
-                        if isinstance(event, RunFailed):
+                        if isinstance(event, RunFailed) and svc.log_failures:
                             self._log_failure(event.error)
                         if self.session_id is not None and svc.history is not None:
                             event = await self._record(svc.history, event)
@@ -206,13 +206,16 @@ class RunService:
         settings: Settings,
         history: HistoryBackend | None = None,
         sinks: list[RunSink] | None = None,
+        log_failures: bool = False,
         redactor: Redactor | None = None,
     ) -> None:
-        """``redactor``: scrubs the server's secrets out of what is logged of a failed run."""
+        """``log_failures``: log each failed run (a server; ``flowhost run`` prints its own
+        error); ``redactor`` scrubs the server's secrets out of that line."""
         self.apps = apps
         self.settings = settings
         self.history = history
         self.sinks: list[RunSink] = sinks or []
+        self.log_failures = log_failures
         self.redactor = redactor
         self.memory: MemoryService | None = None
 

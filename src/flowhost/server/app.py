@@ -211,7 +211,7 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
     redactor = (
         tracing.sink.redactor if tracing is not None else Redactor(known_secrets(settings, apps))
     )
-    service = RunService(apps, settings, sinks=sinks, redactor=redactor)
+    service = RunService(apps, settings, sinks=sinks, log_failures=True, redactor=redactor)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
