@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -230,3 +231,17 @@ def test_run_a_retrieval_flow_builds_its_bases_first(
     outputs = json.loads(result.output)
     assert "pipeline_id" in outputs["answer"]
     assert outputs["references"][0]["doc_name"] == "flowhost_guide_en.md"
+
+
+def test_every_serve_option_names_the_variable_that_sets_it() -> None:
+    """``serve --help`` says which environment variable each option reads, and it is real."""
+    from flowhost.cli import serve
+    from flowhost.config import Settings
+
+    prefix = Settings.model_config["env_prefix"]
+    options = [p for p in serve.params if isinstance(p, click.Option) and p.name != "help"]
+    assert len(options) > 15
+    for option in options:
+        assert option.name in Settings.model_fields, option.name
+        assert f"[env {prefix}{option.name.upper()}" in (option.help or ""), option.name
+    assert f"[env {prefix}FLOWS]" in (serve.help or "")

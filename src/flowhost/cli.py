@@ -70,28 +70,55 @@ def main() -> None:
     type=float,
     help="seconds open streams may take to finish at shutdown [env FLOWHOST_GRACEFUL_TIMEOUT; 30]",
 )
-@click.option("--data-dir", type=click.Path(path_type=Path), help="local data [./.flowhost]")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="local data [env FLOWHOST_DATA_DIR; ./.flowhost]",
+)
 @click.option("--database-url", help="sessions database URL [env FLOWHOST_DATABASE_URL; SQLite]")
-@click.option("--service-name", help="table name suffix [the served folder's name]")
-@click.option("--history/--no-history", default=None, help="keep chat history [on]")
-@click.option("--max-body-bytes", type=int, help="request body limit [10 MiB]")
-@click.option("--node-timeout", type=float, help="per-node timeout in seconds [600]")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--service-name",
+    help="table name suffix [env FLOWHOST_SERVICE_NAME; the served folder's name]",
+)
+@click.option(
+    "--history/--no-history", default=None, help="keep chat history [env FLOWHOST_HISTORY; on]"
+)
+@click.option(
+    "--max-body-bytes", type=int, help="request body limit [env FLOWHOST_MAX_BODY_BYTES; 10 MiB]"
+)
+@click.option(
+    "--node-timeout",
+    type=float,
+    help="per-node timeout in seconds [env FLOWHOST_NODE_TIMEOUT; 600]",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="flowhost's and uvicorn's log lines [env FLOWHOST_LOG_LEVEL; info]",
+)
 @click.option(
     "--access-log/--no-access-log",
     default=None,
     help="log every request [env FLOWHOST_ACCESS_LOG; off]",
 )
 # tracing
-@click.option("--enable-tracing/--disable-tracing", default=None, help="trace every run [on]")
+@click.option(
+    "--enable-tracing/--disable-tracing",
+    default=None,
+    help="trace every run [env FLOWHOST_ENABLE_TRACING; on]",
+)
 @click.option(
     "--trace-content",
     type=click.Choice(["on", "off"]),
-    help="record inputs, outputs, prompts and completions in spans [on]",
+    help="record inputs, outputs, prompts and completions in spans [env FLOWHOST_TRACE_CONTENT; on]",
 )
-@click.option("--trace-retention-days", type=float, help="local span store retention [7; 0: keep]")
+@click.option(
+    "--trace-retention-days",
+    type=float,
+    help="local span store retention [env FLOWHOST_TRACE_RETENTION_DAYS; 7; 0: keep]",
+)
 def serve(path: Path | None, **options: Any) -> None:
-    """Serve the flow folder (or folder of flow folders) PATH."""
+    """Serve the flow folder (or folder of flow folders) PATH [env FLOWHOST_FLOWS]."""
     if options.get("trace_content") is not None:  # tracing
         options["trace_content"] = options["trace_content"] == "on"
     overrides = {k: v for k, v in options.items() if v is not None}
