@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from sqlalchemy import Column, Connection, MetaData, String, Table, func, inspect, select, text
+from sqlalchemy import Column, MetaData, String, Table, func, select, text
 
 from flowhost.store.engine import create_store_engine, normalize_url
 from flowhost.store.names import service_names
@@ -122,28 +122,6 @@ def _service_metadata(service: str) -> tuple[MetaData, Table, Table]:
     tables = tables_for(names, metadata)
     Table(names.version_table, metadata, Column("version_num", String(32), primary_key=True))
     return metadata, tables.session, tables.history
-
-
-async def drop_service(url: str, service: str) -> None:
-    """Drop every table of a service (chat, traces, ..., and its Alembic version table)."""
-    suffix = f"_{service_names(service).service}"
-    engine = create_store_engine(normalize_url(url))
-
-    def drop(conn: Connection) -> None:
-        names = [
-            n
-            for n in inspect(conn).get_table_names()
-            if n.startswith("flowhost_") and n.endswith(suffix)
-        ]
-        metadata = MetaData()
-        metadata.reflect(conn, only=names)
-        metadata.drop_all(conn)
-
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(drop)
-    finally:
-        await engine.dispose()
 
 
 async def service_counts(url: str, service: str) -> tuple[int, int, int]:

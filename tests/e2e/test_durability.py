@@ -19,7 +19,6 @@ import pytest
 from history_support import (
     SESSION_HEADER,
     SSE,
-    drop_service,
     messages,
     mysql_check_tables,
     new_id,
@@ -28,6 +27,8 @@ from history_support import (
     turn_number,
     unique_service,
 )
+
+from flowhost.testing.databases import drop_service
 
 Server = Any  # tests/conftest.py's Server
 

@@ -21,7 +21,6 @@ from alembic.script import ScriptDirectory
 from history_support import (
     ECHO,
     SESSION_HEADER,
-    drop_service,
     messages,
     new_id,
     service_counts,
@@ -33,6 +32,7 @@ from history_support import (
 
 from flowhost.store.migrate import alembic_config
 from flowhost.store.names import service_names
+from flowhost.testing.databases import drop_service
 
 Server = Any  # tests/conftest.py's Server
 

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, inspect
+from sqlalchemy import inspect
 
 from flowhost.knowledge.repository import KnowledgeRepository
 from flowhost.knowledge.tables import kb_tables
 from flowhost.store import Store
+from flowhost.testing.databases import drop_service
 
 pytestmark = pytest.mark.anyio
 ENV = {"mysql": "FLOWHOST_TEST_MYSQL_URL", "postgres": "FLOWHOST_TEST_POSTGRES_URL"}
@@ -79,9 +80,5 @@ async def test_migration_creates_the_tables_the_code_uses(
         assert job.status == "pending"
         await repo.delete_base("p1")
     finally:
-        async with store.engine.begin() as conn:
-            await conn.run_sync(MetaData().reflect)
-            tables = kb_tables(store.service)
-            for t in (tables.job, tables.blob, tables.doc, tables.base):
-                await conn.run_sync(t.drop, checkfirst=True)
         await store.close()
+        await drop_service(url, service)  # every table the migrations made, not only kb's

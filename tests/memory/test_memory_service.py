@@ -1,9 +1,11 @@
-"""MemoryService against the real SQLite store, the packaged embedding model and the fake LLM."""
+"""MemoryService against the real store (SQLite, MariaDB, PostgreSQL), the packaged embedding
+model and the fake LLM."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from flowhost.memory import MemoryService
 from flowhost.memory.extract import parse_operations
 from flowhost.store import Store
 from flowhost.testing import FakeLLM, Reply
+from flowhost.testing.databases import drop_service
 
 EXTRACTOR = "memory-extractor"
 
@@ -30,11 +33,23 @@ def embedder() -> LocalEmbedder:
     return LocalEmbedder()
 
 
-@pytest.fixture
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("FLOWHOST_TEST_MYSQL_URL", marks=pytest.mark.mysql),
+        pytest.param("FLOWHOST_TEST_POSTGRES_URL", marks=pytest.mark.postgres),
+    ]
+)
 async def memory(
-    tmp_path: Path, llm: FakeLLM, embedder: LocalEmbedder
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    llm: FakeLLM,
+    embedder: LocalEmbedder,
+    db_service_url: Callable[[str], str],
 ) -> AsyncIterator[MemoryService]:
-    store = await Store.open(None, data_dir=tmp_path, service="memtest")
+    url = None if request.param == "sqlite" else db_service_url(request.param)
+    service = f"mem_{uuid.uuid4().hex[:8]}"
+    store = await Store.open(url, data_dir=tmp_path, service=service)
     conns = ConnectionRegistry(
         {"fake": Connection("fake", llm.base_url, "sk-test", model=EXTRACTOR, max_retries=0)},
         "fake",
@@ -47,6 +62,8 @@ async def memory(
         await svc.close()
         await client.aclose()
         await store.close()
+        if url is not None:
+            await drop_service(url, service)
 
 
 def ops(*items: dict[str, str]) -> Reply:

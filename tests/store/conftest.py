@@ -13,11 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, MetaData
 
 from flowhost.store import Store, StoreError
-from flowhost.store.engine import create_store_engine, normalize_url
-from flowhost.store.names import service_names
+from flowhost.testing.databases import drop_service
 
 ENV_URLS = {"mysql": "FLOWHOST_TEST_MYSQL_URL", "postgres": "FLOWHOST_TEST_POSTGRES_URL"}
 _reachable: dict[str, str | None] = {}
@@ -67,28 +65,6 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         pytest.skip(f"{ENV_URLS[backend]} is not set")
     await _check_reachable(backend, url)
     return url
-
-
-async def drop_service(url: str, service: str) -> None:
-    """Drop every ``flowhost_*_<service>`` table: chat, later migrations', Alembic's."""
-    suffix = f"_{service_names(service).service}"
-
-    def drop(conn: Connection) -> None:
-        metadata = MetaData()
-        metadata.reflect(
-            conn, only=lambda name, _: name.startswith("flowhost_") and name.endswith(suffix)
-        )
-        metadata.drop_all(conn)
-
-    engine = create_store_engine(normalize_url(url))
-    try:
-        async with engine.begin() as conn:
-            if conn.dialect.name in ("mysql", "mariadb"):
-                # Fail instead of waiting a day on a metadata lock a broken test left behind.
-                await conn.exec_driver_sql("SET SESSION lock_wait_timeout = 30")
-            await conn.run_sync(drop)
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ from alembic.runtime.migration import MigrationContext
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import REGISTRY
-from sqlalchemy import Column, Connection, MetaData, String, Table
+from sqlalchemy import Connection, MetaData
 from tracing_support import MakeTraced
 
 from flowhost.store import Store
 from flowhost.store.names import service_names
-from flowhost.store.schema import tables_for
 from flowhost.store.traces import RunRecord, SpanRecord, TraceQuery, TraceRepository, trace_table
+from flowhost.testing.databases import drop_service
 from flowhost.tracing.pipeline import SpanPipeline
 from flowhost.tracing.spans import SpanData
 
@@ -230,16 +230,5 @@ async def test_the_migration_matches_the_table(
         assert got.attributes == {"k": "中文", "n": 1}
         assert got.start_time.tzinfo is not None
     finally:
-        await _drop_service(store)
+        await drop_service(store.engine.url.render_as_string(hide_password=False), store.service)
         await store.close()
-
-
-async def _drop_service(store: Store) -> None:
-    """Drop every table of the store's service (the chat tables, spans, Alembic's version)."""
-    names = service_names(store.service)
-    metadata = MetaData()
-    tables_for(names, metadata)
-    trace_table(names, metadata)
-    Table(names.version_table, metadata, Column("version_num", String(32), primary_key=True))
-    async with store.engine.begin() as conn:
-        await conn.run_sync(metadata.drop_all)
