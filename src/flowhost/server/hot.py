@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
@@ -22,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from flowhost.exceptions import FlowhostError
 from flowhost.server.errors import render_error
 from flowhost.wire.http import request_id
 
@@ -98,4 +100,21 @@ class FlowhostAPI(FastAPI):
                     scope["flowhost.hot_route"] = route
                     await self._hot_app(scope, receive, send)
                     return
+        elif scope["type"] == "lifespan":
+            send = _startup_failure_in_one_line(send)
         await super().__call__(scope, receive, send)
+
+
+def _startup_failure_in_one_line(send: Send) -> Send:
+    """A start that fails with a ``FlowhostError`` (the database unreachable, say) is reported
+    by its message alone: Starlette hands uvicorn the whole traceback, ~60 lines of driver
+    frames around one line that says what is wrong. Anything else keeps its traceback."""
+
+    async def send_message(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "lifespan.startup.failed":
+            exc = sys.exc_info()[1]  # Starlette sends this from its ``except`` block
+            if isinstance(exc, FlowhostError):
+                message = {**message, "message": f"cannot start: {exc.message}"}
+        await send(message)
+
+    return send_message

@@ -7,10 +7,14 @@ import gc
 import json
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
 import uvicorn
+from pydantic import SecretStr
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from flowhost.config import Settings
 from flowhost.metrics import MULTIPROC_ENV  # metrics
@@ -19,6 +23,15 @@ from flowhost.server.app import create_app
 __all__ = ["app_from_env", "serve"]
 
 _SETTINGS_ENV = "FLOWHOST__SETTINGS_JSON"
+
+
+def settings_json(settings: Settings) -> str:
+    """``settings`` for a worker process, secrets included (``model_dump`` masks them)."""
+    data = settings.model_dump(mode="json")
+    for name, value in settings:
+        if isinstance(value, SecretStr):
+            data[name] = value.get_secret_value()
+    return json.dumps(data)
 
 
 def app_from_env() -> object:
@@ -65,6 +78,17 @@ def log_config(level: str) -> dict[str, Any]:
     return config
 
 
+def _run_workers(config: uvicorn.Config) -> None:
+    """``uvicorn.run`` with ``workers > 1``, but a worker that fails to start (the database
+    unreachable, say) ends the parent with uvicorn's start-up failure status, as one process
+    does: uvicorn's supervisor stops the parent then and exits 0, which tells a process manager
+    all went well."""
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        sys.exit(STARTUP_FAILURE)
+
+
 def serve(settings: Settings) -> None:
     common: dict[str, Any] = {
         "host": settings.host,
@@ -78,11 +102,7 @@ def serve(settings: Settings) -> None:
         "ws": "none",
     }
     if settings.workers > 1:
-        data = settings.model_dump(mode="json")
-        for key in ("token", "database_url"):
-            secret = getattr(settings, key)
-            data[key] = secret.get_secret_value() if secret else None
-        os.environ[_SETTINGS_ENV] = json.dumps(data)
+        os.environ[_SETTINGS_ENV] = settings_json(settings)
         create_app(settings)  # validate the flows once in the parent: fail fast
         _settle_gc(freeze=False)  # that app is dropped: let the collector free it
         # metrics: every worker writes its values to one directory, /metrics sums them
@@ -90,8 +110,13 @@ def serve(settings: Settings) -> None:
         if own_dir is not None:
             os.environ[MULTIPROC_ENV] = own_dir
         try:
-            uvicorn.run(
-                "flowhost.server.run:app_from_env", factory=True, workers=settings.workers, **common
+            _run_workers(
+                uvicorn.Config(
+                    "flowhost.server.run:app_from_env",
+                    factory=True,
+                    workers=settings.workers,
+                    **common,
+                )
             )
         finally:
             if own_dir is not None:
