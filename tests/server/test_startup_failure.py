@@ -45,6 +45,27 @@ def test_an_unreachable_database_fails_the_start_in_one_line(tmp_path: Path, wor
     assert "pw-s3cret" not in text
 
 
+def test_an_unreachable_milvus_fails_the_start_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWHOST_")}
+    env |= {
+        "FLOWHOST_DATA_DIR": str(tmp_path / "data"),
+        "FLOWHOST_KB_BACKEND": "milvus",
+        "FLOWHOST_MILVUS_URI": f"http://127.0.0.1:{_closed_port()}",
+    }
+    out = subprocess.run(  # the rag app's retrieval node needs the vector store at start
+        [sys.executable, "-m", "flowhost", "serve", str(ECHO.parent / "rag"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 3, text
+    assert "ERROR:    cannot start: cannot open the vector store (milvus): " in text
+    assert "Traceback" not in text
+
+
 def test_workers_get_every_secret_of_the_settings() -> None:
     settings = Settings(
         token=SecretStr("tok-1234567"),

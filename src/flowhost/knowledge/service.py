@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from flowhost.config import Settings
-from flowhost.exceptions import InvalidInput, NotFound
+from flowhost.exceptions import FlowhostError, InvalidInput, NotFound, ServiceUnavailable
 from flowhost.knowledge import retrieval
 from flowhost.knowledge.embedding import DEFAULT_MODEL, Embedder, LocalEmbedder, OpenAIEmbedder
 from flowhost.knowledge.filters import ID_RULE, RagOptions, normalize_value
@@ -87,7 +87,15 @@ class KnowledgeService:
             return
         if self.settings.kb_backend == "lancedb" and not self.settings.kb_uri:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        await self.vectors.open()
+        try:
+            await self.vectors.open()
+        except FlowhostError:
+            raise
+        except Exception as exc:  # the driver's own error (pymilvus, lancedb, OSError): say so
+            raise ServiceUnavailable(
+                f"cannot open the vector store ({self.settings.kb_backend}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         self._started = True
         if worker:
             self._worker.start()
