@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from flowhost.cli import main
+from flowhost.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "flows"
@@ -245,3 +246,25 @@ def test_every_serve_option_names_the_variable_that_sets_it() -> None:
         assert option.name in Settings.model_fields, option.name
         assert f"[env {prefix}{option.name.upper()}" in (option.help or ""), option.name
     assert f"[env {prefix}FLOWS]" in (serve.help or "")
+
+
+def test_bad_settings_are_a_usage_error_naming_flag_and_variable_not_values() -> None:
+    runner = CliRunner()
+    env = {"FLOWHOST_NODE_TIMEOUT": "-1", "FLOWHOST_MEMORY_RECALL_K": "0"}
+    secret = "tok-do-not-print-1234"
+    result = runner.invoke(main, ["serve", str(EXAMPLES / "echo"), "--token", secret], env=env)
+    assert result.exit_code == 2
+    assert "invalid settings: " in result.stderr
+    assert "node_timeout (--node-timeout, FLOWHOST_NODE_TIMEOUT): Input should be" in result.stderr
+    assert "memory_recall_k (FLOWHOST_MEMORY_RECALL_K): " in result.stderr  # no such flag
+    assert secret not in result.output + result.stderr
+
+
+def test_an_embedding_model_without_a_connection_is_refused() -> None:
+    env = {"FLOWHOST_EMBEDDING_MODEL": "text-embedding-v3"}
+    result = CliRunner().invoke(main, ["serve", str(EXAMPLES / "echo")], env=env)
+    assert result.exit_code == 2
+    assert "embedding_model 'text-embedding-v3' needs an embedding_connection" in result.stderr
+    # with a connection (the README's DashScope example) the model is taken
+    pair = Settings(embedding_connection="dashscope", embedding_model="text-embedding-v3")
+    assert pair.embedding_model == "text-embedding-v3"

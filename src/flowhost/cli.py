@@ -32,6 +32,32 @@ def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def load_settings(**overrides: Any) -> Settings:
+    """``Settings(**overrides)`` (and the FLOWHOST_* environment), or a usage error naming each
+    bad setting; never the values given (the token or a database URL may be among them)."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        ctx = click.get_current_context(silent=True)
+        flags = {
+            p.name: p.opts[0]
+            for p in (ctx.command.params if ctx is not None else ())
+            if isinstance(p, click.Option)
+        }
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            names = [str(part) for part in err["loc"]]
+            if names:
+                field = names[0]
+                where = ", ".join(w for w in (flags.get(field), f"FLOWHOST_{field.upper()}") if w)
+                msg = f"{'.'.join(names)} ({where}): {msg}"
+            problems.append(msg)
+        raise click.UsageError("invalid settings: " + "; ".join(problems)) from None
+
+
 class _LazyGroup(click.Group):
     """Imports heavy subcommand groups (``kb``) only when they are invoked or listed."""
 
@@ -124,10 +150,7 @@ def serve(path: Path | None, **options: Any) -> None:
     overrides = {k: v for k, v in options.items() if v is not None}
     if path is not None:
         overrides["flows"] = path
-    try:
-        settings = Settings(**overrides)
-    except Exception as exc:  # pydantic.ValidationError: name the bad option
-        raise click.ClickException(str(exc)) from None
+    settings = load_settings(**overrides)
     # Start-up imports and builds ~200k objects that live as long as the process: with the
     # collector on, it would scan them again and again while they are made. ``run_server`` turns
     # it back on (after freezing them) before serving; the ``finally`` covers a failed start.
@@ -184,7 +207,7 @@ def run(flow: Path, inputs: tuple[str, ...], events: bool) -> None:
 
     async def go() -> int:
         apps = AppRegistry.load(flow)
-        settings = Settings(history=False, flows=flow)
+        settings = load_settings(history=False, flows=flow)
         svc = RunService(apps, settings)
         async with _knowledge_for(apps, settings):
             return await run_once(apps, svc)

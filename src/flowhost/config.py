@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -90,6 +90,19 @@ class Settings(BaseSettings):
     memory_min_score: float = Field(
         0.0, ge=-1, le=1, description="cosine similarity a node needs to be recalled"
     )
+
+    @model_validator(mode="after")
+    def _embedding_model_has_a_connection(self) -> Settings:
+        """Without an embedding connection the packaged model embeds; another model name would
+        be ignored, so it is an error rather than a surprise at the first search."""
+        packaged = type(self).model_fields["embedding_model"].default
+        if self.embedding_connection is None and self.embedding_model != packaged:
+            raise ValueError(
+                f"embedding_model {self.embedding_model!r} needs an embedding_connection "
+                f"(FLOWHOST_EMBEDDING_CONNECTION); without one the packaged model "
+                f"{packaged!r} embeds"
+            )
+        return self
 
     @property
     def token_value(self) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
+from flowhost.cli import load_settings
 from flowhost.config import Settings
 from flowhost.exceptions import FlowhostError
 
@@ -30,10 +31,7 @@ T = TypeVar("T")
 def _settings(ctx: click.Context) -> Settings:
     overrides = {k: v for k, v in ctx.obj.items() if v is not None}
     overrides["kb_bootstrap"] = False
-    try:
-        return Settings(**overrides)
-    except Exception as exc:
-        raise click.ClickException(str(exc)) from None
+    return load_settings(**overrides)
 
 
 def _run(ctx: click.Context, work: Callable[[Any], Awaitable[T]]) -> T:
