@@ -66,6 +66,25 @@ def test_an_unreachable_milvus_fails_the_start_in_one_line(tmp_path: Path) -> No
     assert "Traceback" not in text
 
 
+def test_a_data_dir_that_cannot_be_made_fails_the_start_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWHOST_")}
+    env["FLOWHOST_DATA_DIR"] = str(tmp_path / "a-file" / "data")
+    out = subprocess.run(
+        [sys.executable, "-m", "flowhost", "serve", str(ECHO), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 3, text
+    assert "cannot create the SQLite folder " in text
+    assert "a-file/data: Not a directory" in text
+    assert "Traceback" not in text
+
+
 def test_workers_get_every_secret_of_the_settings() -> None:
     settings = Settings(
         token=SecretStr("tok-1234567"),

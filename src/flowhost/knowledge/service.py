@@ -85,9 +85,9 @@ class KnowledgeService:
         """Open the vector store, resume unfinished jobs, build declared example bases."""
         if self._started:
             return
-        if self.settings.kb_backend == "lancedb" and not self.settings.kb_uri:
-            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         try:
+            if self.settings.kb_backend == "lancedb" and not self.settings.kb_uri:
+                self.settings.data_dir.mkdir(parents=True, exist_ok=True)
             await self.vectors.open()
         except FlowhostError:
             raise

@@ -77,7 +77,12 @@ def prepare_sqlite(url: URL) -> Path:
             "in-memory SQLite is not supported: each connection would see its own database; "
             "use a file (the default is <data_dir>/flowhost.db)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only, not a folder, no permission: say which folder
+        raise StoreUnavailable(
+            f"cannot create the SQLite folder {path.parent}: {exc.strerror or exc}"
+        ) from exc
     return path
 
 
