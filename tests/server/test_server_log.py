@@ -4,12 +4,15 @@ failed run is one line the operator can match to the client's request id."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from flowhost.tracing.setup import shown_endpoint
 
 ECHO = Path(__file__).resolve().parents[2] / "examples" / "flows" / "echo"
 PROTOCOLS = Path(__file__).resolve().parents[1] / "flows_fixtures" / "protocols"
@@ -83,3 +86,32 @@ def test_access_log_flag_logs_each_request(server_factory: Callable[..., Server]
     while '"POST / HTTP/1.1" 200' not in server.output() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert '"POST / HTTP/1.1" 200' in server.output()
+
+
+def test_otlp_export_lines_mask_a_password_and_carry_their_logger(
+    server_factory: Callable[..., Server],
+) -> None:
+    with socket.socket() as s:  # bound, never listening: the collector is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://user:otlp-pw-123@127.0.0.1:{port}",
+            "OTEL_BSP_SCHEDULE_DELAY": "50",  # export at once, not after 5 s
+        }
+        server = server_factory(ECHO, "--no-history", env=env)
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.post("/", json={"question": "hi"}).status_code == 200
+        deadline = time.monotonic() + 30
+        while "WARNING:  opentelemetry." not in server.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    out = server.output()
+    assert f"OTLP/HTTP to http://***@127.0.0.1:{port}" in out
+    assert "WARNING:  opentelemetry.exporter.otlp" in out  # the exporter's own, in our format
+    assert "otlp-pw-123" not in out
+
+
+def test_shown_endpoint_masks_credentials_only() -> None:
+    assert shown_endpoint("https://u:p4ss@collector:4318/v1") == "https://***@collector:4318/v1"
+    assert shown_endpoint("http://u:pw@[::1]:4318") == "http://***@[::1]:4318"
+    assert shown_endpoint("http://api-key@collector:4318") == "http://***@collector:4318"
+    assert shown_endpoint("http://collector:4318/a@b") == "http://collector:4318/a@b"

@@ -52,6 +52,7 @@ from flowhost.tracing import (  # tracing
     build_tracing,
     known_secrets,
 )
+from flowhost.tracing.setup import shown_endpoint
 from flowhost.wire.complete.routes import router as complete_router
 from flowhost.wire.dashscope.routes import router as dashscope_router
 from flowhost.wire.history.routes import router as history_router
@@ -93,7 +94,7 @@ def _log_start(
     traced = "off"
     if tracing is not None:
         traced = "on, local span store" + (
-            f" and OTLP to {tracing.otlp_endpoint}" if tracing.otlp_endpoint else ""
+            f" and OTLP to {shown_endpoint(tracing.otlp_endpoint)}" if tracing.otlp_endpoint else ""
         )
     log.info(
         "database %s; chat history %s; tracing %s",

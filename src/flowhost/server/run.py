@@ -75,6 +75,12 @@ def log_config(level: str) -> dict[str, Any]:
         "level": level.upper(),
         "propagate": False,
     }
+    # the OTLP exporter's own warnings (an unreachable collector), in the same format
+    config["loggers"]["opentelemetry"] = {
+        "handlers": ["flowhost"],
+        "level": "WARNING",
+        "propagate": False,
+    }
     return config
 
 

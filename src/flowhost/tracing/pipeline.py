@@ -148,7 +148,7 @@ class SpanPipeline:
                 if self.repository is not None:
                     await self._write([to_record(run, nodes) for run, nodes in batch])
             if self._dropped:
-                log.warning("tracing: %d runs' spans dropped (queue full)", self._dropped)
+                log.warning("%d runs' spans dropped (queue full)", self._dropped)
                 self._dropped = 0
 
     async def _write(self, batch: list[RunRecord]) -> None:

@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import SpanProcessor
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from flowhost.apps import AppRegistry
     from flowhost.store import Store
 
-__all__ = ["Tracing", "build_tracing", "known_secrets", "otlp_endpoint"]
+__all__ = ["Tracing", "build_tracing", "known_secrets", "otlp_endpoint", "shown_endpoint"]
 
 log = logging.getLogger("flowhost.tracing")
 
@@ -45,6 +46,16 @@ def otlp_endpoint(env: Mapping[str, str]) -> str | None:
     if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
         return None
     return env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def shown_endpoint(url: str) -> str:
+    """``url`` for a log line: credentials in it (``https://user:pass@host``, or a key as the
+    user name) are masked."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def known_secrets(settings: Settings, apps: AppRegistry | None = None) -> list[str]:
@@ -116,7 +127,7 @@ class Tracing:
                     protocol,
                 )
             processors.append(BatchSpanProcessor(OTLPSpanExporter()))
-            log.info("tracing: exporting spans over OTLP/HTTP to %s", endpoint)
+            log.info("exporting spans over OTLP/HTTP to %s", shown_endpoint(endpoint))
         processors.extend(SimpleSpanProcessor(e) for e in self._extra)
         return processors
 

@@ -73,7 +73,7 @@ class TracingSink:
         try:
             return RunTrace(self, pipeline, prepared)
         except Exception:
-            log.exception("tracing: cannot start the run span of run %s", prepared.run_id)
+            log.exception("cannot start the run span of run %s", prepared.run_id)
             return None
 
 
@@ -143,7 +143,7 @@ class RunTrace:
             elif isinstance(event, NodeSkipped):
                 self._node_skipped(event)
         except Exception:
-            log.exception("tracing: run %s: cannot record %s", self.run_id, kind)
+            log.exception("run %s: cannot record %s", self.run_id, kind)
 
     def _start(self, node: str, node_type: str, start: float) -> SpanData:
         run = self.span
@@ -218,7 +218,7 @@ class RunTrace:
         try:
             self._close(final)
         except Exception:
-            log.exception("tracing: run %s: cannot end the run span", self.run_id)
+            log.exception("run %s: cannot end the run span", self.run_id)
 
     def _close(self, final: RunEvent | None) -> None:
         now = time.time_ns()
