@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import logging
 import os
 import shutil
 import sys
@@ -56,7 +57,8 @@ def _settle_gc(*, freeze: bool = True) -> None:
 
 
 def log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging set-up plus flowhost's loggers, at ``level``, named in each line.
+    """uvicorn's logging set-up plus flowhost's loggers, at ``level``, named in each line (and
+    other libraries' warnings, named too).
 
     uvicorn configures only its own loggers: without this, everything below WARNING that
     flowhost logs (knowledge bases created and indexed, exporters started) went nowhere."""
@@ -75,12 +77,10 @@ def log_config(level: str) -> dict[str, Any]:
         "level": level.upper(),
         "propagate": False,
     }
-    # the OTLP exporter's own warnings (an unreachable collector), in the same format
-    config["loggers"]["opentelemetry"] = {
-        "handlers": ["flowhost"],
-        "level": "WARNING",
-        "propagate": False,
-    }
+    # libraries' warnings (the OTLP exporter's for an unreachable collector, the database
+    # drivers', ...) in the same format, not through Python's bare last-resort handler
+    quietest = max(logging.WARNING, logging.getLevelName(level.upper()))
+    config["root"] = {"handlers": ["flowhost"], "level": logging.getLevelName(quietest)}
     return config
 
 
