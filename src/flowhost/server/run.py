@@ -21,7 +21,7 @@ from flowhost.config import Settings
 from flowhost.metrics import MULTIPROC_ENV  # metrics
 from flowhost.server.app import create_app
 
-__all__ = ["app_from_env", "serve"]
+__all__ = ["app_from_env", "log_config", "serve", "settings_json"]
 
 _SETTINGS_ENV = "FLOWHOST__SETTINGS_JSON"
 
