@@ -171,6 +171,8 @@ class PreparedRun:
         redactor = self.service.redactor
         if redactor is not None:  # a node's message may quote a token the run was given
             message = redactor.for_tokens(self.ctx.user_defined_tokens).text(message)
+        # one line, whatever the message holds: a line break could forge the next log line
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
         log.log(
             logging.WARNING if err.status >= 500 else logging.INFO,
             "run %s of app %s (%s, request %s) failed%s: %s: %s",

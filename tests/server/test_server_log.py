@@ -115,3 +115,29 @@ def test_shown_endpoint_masks_credentials_only() -> None:
     assert shown_endpoint("http://u:pw@[::1]:4318") == "http://***@[::1]:4318"
     assert shown_endpoint("http://api-key@collector:4318") == "http://***@collector:4318"
     assert shown_endpoint("http://collector:4318/a@b") == "http://collector:4318/a@b"
+
+
+def test_a_failure_message_cannot_forge_a_log_line(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    flow = tmp_path / "raiser"
+    flow.mkdir()
+    (flow / "flow.dag.yaml").write_text(
+        "inputs:\n  question: {type: string}\n"
+        "outputs:\n  answer: {type: string, reference: '${boom.output}'}\n"
+        "nodes:\n- name: boom\n  type: python\n  source: {type: code, path: boom.py}\n"
+        "  inputs:\n    text: ${inputs.question}\n"
+    )
+    (flow / "boom.py").write_text("def boom(text: str) -> str:\n    raise ValueError(text)\n")
+    server = server_factory(flow)
+    forged = "WARNING:  flowhost.server: forged line"
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        reply = client.post("/", json={"question": f"first\n{forged}\r\nthird"})
+    assert reply.status_code == 500
+    deadline = time.monotonic() + 10
+    while reply.json()["request_id"] not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = server.output().splitlines()
+    assert not [x for x in lines if x.startswith(forged)]
+    (line,) = [x for x in lines if reply.json()["request_id"] in x]
+    assert f"ValueError: first\\n{forged}\\r\\nthird" in line
