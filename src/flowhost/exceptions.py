@@ -39,7 +39,14 @@ __all__ = [
     "RunError",
     "ServiceUnavailable",
     "Unauthorized",
+    "one_line",
 ]
+
+
+def one_line(message: str) -> str:
+    """``message`` for a log line: its line breaks escaped, so that text a client sent (and an
+    error quotes) cannot start a log line of its own."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class FlowhostError(Exception):

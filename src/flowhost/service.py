@@ -24,7 +24,7 @@ from flowhost.config import Settings
 from flowhost.engine.context import RunContext
 from flowhost.engine.events import ErrorInfo, RunEvent, RunFailed, RunFinished
 from flowhost.engine.executor import execute
-from flowhost.exceptions import FlowhostError, InvalidInput
+from flowhost.exceptions import FlowhostError, InvalidInput, one_line
 from flowhost.flows.inputs import coerce_inputs
 from flowhost.ids import uuid7
 
@@ -171,8 +171,6 @@ class PreparedRun:
         redactor = self.service.redactor
         if redactor is not None:  # a node's message may quote a token the run was given
             message = redactor.for_tokens(self.ctx.user_defined_tokens).text(message)
-        # one line, whatever the message holds: a line break could forge the next log line
-        message = message.replace("\r", "\\r").replace("\n", "\\n")
         log.log(
             logging.WARNING if err.status >= 500 else logging.INFO,
             "run %s of app %s (%s, request %s) failed%s: %s: %s",
@@ -182,7 +180,7 @@ class PreparedRun:
             self.ctx.request_id,
             where,
             err.code,
-            message,
+            one_line(message),
         )
 
     async def _record(self, history: HistoryBackend, final: RunFinished | RunFailed) -> RunEvent:

@@ -4,6 +4,7 @@ failed run is one line the operator can match to the client's request id."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -11,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from flowhost.exceptions import ServiceUnavailable
+from flowhost.server.errors import render_error
 from flowhost.tracing.setup import shown_endpoint
 
 ECHO = Path(__file__).resolve().parents[2] / "examples" / "flows" / "echo"
@@ -141,3 +145,10 @@ def test_a_failure_message_cannot_forge_a_log_line(
     assert not [x for x in lines if x.startswith(forged)]
     (line,) = [x for x in lines if reply.json()["request_id"] in x]
     assert f"ValueError: first\\n{forged}\\r\\nthird" in line
+
+
+def test_a_5xx_outside_a_run_is_logged_on_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, "flowhost.server"):
+        response = render_error("/x", ServiceUnavailable("down\nERROR: forged"), "rid-1")
+    assert response.status_code == 503
+    assert caplog.messages == ["request rid-1 failed: down\\nERROR: forged"]

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.responses import Response
 
 from flowhost.engine.events import ErrorInfo
-from flowhost.exceptions import FlowhostError, InvalidInput
+from flowhost.exceptions import FlowhostError, InvalidInput, one_line
 from flowhost.wire.sse import dumps
 
 __all__ = ["ErrorRenderer", "problem", "register_renderer", "render_error", "render_error_info"]
@@ -61,7 +61,7 @@ def render_error(path: str, exc: BaseException, request_id: str) -> Response:
     if isinstance(exc, FlowhostError):
         status, code, message = exc.status, exc.code, exc.message
         if status >= 500:
-            log.error("request %s failed: %s", request_id, message)
+            log.error("request %s failed: %s", request_id, one_line(message))
     else:
         log.exception("unexpected error in request %s", request_id, exc_info=exc)
         status, code, message = 500, "InternalError", "internal server error"
