@@ -164,21 +164,17 @@ class PreparedRun:
     def _log_failure(self, err: ErrorInfo) -> None:
         """A failed run, for the operator: the client's message, the server's secrets and the
         run's tokens scrubbed."""
-        where = f" in node {err.node!r}" if err.node else ""
-        if err.node and err.message.startswith(f"node {err.node!r}"):
-            where = ""
-        message = err.message
+        message = err.described
         redactor = self.service.redactor
         if redactor is not None:  # a node's message may quote a token the run was given
             message = redactor.for_tokens(self.ctx.user_defined_tokens).text(message)
         log.log(
             logging.WARNING if err.status >= 500 else logging.INFO,
-            "run %s of app %s (%s, request %s) failed%s: %s: %s",
+            "run %s of app %s (%s, request %s) failed: %s: %s",
             self.run_id,
             self.app.app_id,
             self.protocol,
             self.ctx.request_id,
-            where,
             err.code,
             one_line(message),
         )

@@ -185,12 +185,9 @@ async def test_failure_mid_stream_exact_bytes() -> None:
 
 
 def test_error_message_names_the_node_once() -> None:
-    assert adapter.error_message(ErrorInfo("X", "boom")) == "boom"
-    assert adapter.error_message(ErrorInfo("X", "boom", node="n")) == "node 'n' failed: boom"
-    assert (
-        adapter.error_message(ErrorInfo("X", "node 'n' timed out", node="n"))
-        == "node 'n' timed out"
-    )
+    assert ErrorInfo("X", "boom").described == "boom"
+    assert ErrorInfo("X", "boom", node="n").described == "node 'n' failed: boom"
+    assert ErrorInfo("X", "node 'n' timed out", node="n").described == "node 'n' timed out"
 
 
 async def test_collect_exact_body() -> None:

@@ -56,6 +56,13 @@ class ErrorInfo:
     node: str | None = None
     status: int = 500
 
+    @property
+    def described(self) -> str:
+        """The message naming the failed node, once (``node 'n' failed: ...``)."""
+        if self.node is None or self.message.startswith(f"node {self.node!r}"):
+            return self.message
+        return f"node {self.node!r} failed: {self.message}"
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.node is not None:

@@ -73,9 +73,6 @@ def render_error(path: str, exc: BaseException, request_id: str) -> Response:
 
 def render_error_info(path: str, err: ErrorInfo, request_id: str) -> Response:
     """A failed run, answered before any byte was sent (non-streaming requests)."""
-    message = err.message if err.node is None else f"node {err.node!r} failed: {err.message}"
-    if err.node is not None and err.message.startswith(f"node {err.node!r}"):
-        message = err.message
-    resp = _renderer(path)(err.status, err.code, message, None, request_id)
+    resp = _renderer(path)(err.status, err.code, err.described, None, request_id)
     resp.headers["x-request-id"] = request_id
     return resp

@@ -24,7 +24,7 @@ from flowhost.engine.events import (
 from flowhost.wire.chat import aclose, output_text
 from flowhost.wire.sse import dumps, sse
 
-__all__ = ["Completion", "collect", "error_body", "error_message", "stream", "usage_dict"]
+__all__ = ["Completion", "collect", "error_body", "stream", "usage_dict"]
 
 
 def usage_dict(usage: tuple[ModelUsage, ...]) -> dict[str, int]:
@@ -92,7 +92,7 @@ async def stream(
                 yield c.chunk({"content": output_text(ev.value)})
             elif isinstance(ev, RunFailed):
                 err = ev.error
-                yield sse(dumps(error_body(err.status, err.code, error_message(err))))
+                yield sse(dumps(error_body(err.status, err.code, err.described)))
                 return
             elif isinstance(ev, RunFinished):
                 yield c.chunk({"content": ""}, "stop")  # seed 000's last chunk
@@ -102,13 +102,6 @@ async def stream(
                 return
     finally:
         await aclose(events)
-
-
-def error_message(err: ErrorInfo) -> str:
-    """A failed run's message, naming the node (as a non-streaming error response does)."""
-    if err.node is None or err.message.startswith(f"node {err.node!r}"):
-        return err.message
-    return f"node {err.node!r} failed: {err.message}"
 
 
 async def collect(
