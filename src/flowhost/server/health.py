@@ -98,16 +98,13 @@ async def ready(request: Request) -> Response:
         await _check("database", store.ping, down)
     checks["database"] = "ok" if "database" not in down else "down"
     knowledge = getattr(state, "knowledge", None)
-    indexing: dict[str, int] = {}
     if knowledge is not None:
         vectors = knowledge.vectors
         await _check("vector_store", lambda: _ping_vectors(vectors), down)
         checks["vector_store"] = "ok" if "vector_store" not in down else "down"
-        if not down:
-            indexing = await _declared_indexing(knowledge)
     if not down:
         body: dict[str, Any] = {"status": "ok", "checks": checks}
-        if indexing:
+        if knowledge is not None and (indexing := await _declared_indexing(knowledge)):
             body["indexing"] = indexing
         return JSONResponse(body)
     detail = "; ".join(f"{name}: {why}" for name, why in down.items())
