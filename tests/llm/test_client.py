@@ -67,6 +67,31 @@ async def test_hot_path_is_used_with_the_installed_sdk(llm: FakeLLM) -> None:
         await client.aclose()
 
 
+async def test_changed_sdk_helpers_send_calls_the_sdks_way(
+    llm: FakeLLM, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An SDK release whose private helpers no longer take the hot path's responses (openai
+    3.6x began reading the request's headers) costs speed, not correctness."""
+    import openai
+
+    def changed(self: Any, response: Any) -> Any:
+        return response.request.headers["authorization"]  # what a new release might read
+
+    monkeypatch.setattr(openai.AsyncOpenAI, "_make_status_error_from_response", changed)
+    client = LLMClient()
+    try:
+        conn = conn_to(llm.base_url)
+        assert await client._endpoint(conn) is None
+        assert "LLM calls use the SDK's own (slower) request path" in caplog.text
+        monkeypatch.undo()  # the SDK path builds its errors with the real helper
+        llm.enqueue(Reply(status=500))
+        with pytest.raises(LLMCallError, match=r"HTTP 500 .*fake HTTP 500 \(scripted\)"):
+            await collect(client, conn)
+        assert "".join(c.delta for c in await collect(client, conn)) == "echo: hi there"
+    finally:
+        await client.aclose()
+
+
 async def test_deltas_then_usage_and_the_request_sent(client: LLMClient, llm: FakeLLM) -> None:
     conn = conn_to(llm.base_url, headers={"X-Team": "search"})
     chunks = await collect(client, conn, temperature=0.5, max_tokens=16)

@@ -11,7 +11,8 @@ answers too). Two paths send it, with the same request, errors and retries:
   408/409/429/5xx, exponential backoff with jitter) and builds the status errors
   (``_make_status_error_from_response``), so messages and retries are the SDK's own.
 - **SDK path**: ``AsyncOpenAI.post`` (the SDK's request for any endpoint) with raw dict
-  chunks. Used when the installed SDK lacks one of the helpers above, or when
+  chunks. Used when the installed SDK lacks one of the helpers above or they no longer take
+  what the hot path gives them (tried once per connection: ``_helpers_work``), or when
   ``FLOWHOST_LLM_SDK_PATH=1``.
 
 Why not the SDK for every call: at 500 concurrent streams on one core the SDK's per-call
@@ -26,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,6 +42,8 @@ from flowhost.jsontext import compact_json, parse_json
 from flowhost.llm.connections import Connection
 
 __all__ = ["ChatChunk", "LLMCallError", "LLMClient"]
+
+log = logging.getLogger(__name__)
 
 # The SDK helpers the hot path relies on (present in openai 1.x to 3.x).
 _SDK_HELPERS = ("_should_retry", "_calculate_retry_timeout", "_make_status_error_from_response")
@@ -120,15 +125,58 @@ class _RetryOptions:
         return self.max_retries
 
 
+class _NoRequest:
+    """The request of a ``_StatusResponse``: no headers to scrub (openai 3.6x copies a request
+    that carries credentials before keeping it on an error)."""
+
+    __slots__ = ()
+    headers: Mapping[str, str] = MappingProxyType({})
+
+
+_NO_REQUEST = _NoRequest()
+
+
 class _StatusResponse:
     """The parts of an HTTP response the SDK's retry and status-error helpers read."""
 
-    __slots__ = ("headers", "request", "status_code", "text")
+    __slots__ = ("headers", "status_code", "text")
     is_closed = False
     is_stream_consumed = True
+    request = _NO_REQUEST
+    history: tuple[()] = ()
+    next_request = None
 
     def __init__(self, status: int, headers: Mapping[str, str], text: str) -> None:
-        self.status_code, self.headers, self.text, self.request = status, headers, text, None
+        self.status_code, self.headers, self.text = status, headers, text
+
+
+def _sdk_version() -> str:
+    import openai
+
+    return str(getattr(openai, "__version__", "?"))
+
+
+def _helpers_work(sdk: openai.AsyncOpenAI) -> bool:
+    """Whether the SDK's private helpers (``_SDK_HELPERS``) still take what the hot path gives
+    them: tried once per connection on made-up responses, so that an SDK release that changes
+    them sends calls the SDK's own way (slower, as correct) instead of failing every error."""
+    import openai
+
+    try:
+        failed = _StatusResponse(503, {"retry-after-ms": "5"}, '{"error": {"message": "probe"}}')
+        error = sdk._make_status_error_from_response(failed)  # type: ignore[arg-type]
+        delay = sdk._calculate_retry_timeout(1, _RetryOptions(2), failed.headers)  # type: ignore[arg-type]
+        refused = _StatusResponse(400, {"x-should-retry": "true"}, "")
+        return (
+            isinstance(error, openai.InternalServerError)
+            and error.status_code == 503
+            and "probe" in error.message
+            and sdk._should_retry(failed)  # type: ignore[arg-type]
+            and sdk._should_retry(refused)  # type: ignore[arg-type]
+            and 0 <= float(delay) <= 60
+        )
+    except Exception:
+        return False
 
 
 class _Retry(Exception):
@@ -170,7 +218,14 @@ class LLMClient:
         if ep is not None or self._sdk_path:
             return ep
         sdk = self.client_for(conn)
-        if not all(callable(getattr(sdk, name, None)) for name in _SDK_HELPERS):
+        if not all(callable(getattr(sdk, name, None)) for name in _SDK_HELPERS) or not (
+            _helpers_work(sdk)
+        ):
+            log.warning(
+                "openai %s: its retry and error helpers changed; LLM calls use the SDK's own "
+                "(slower) request path",
+                _sdk_version(),
+            )
             self._sdk_path = True
             return None
         # the SDK's own headers; platform detection may block, so it runs once, in a thread
