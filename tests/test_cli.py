@@ -268,3 +268,12 @@ def test_an_embedding_model_without_a_connection_is_refused() -> None:
     # with a connection (the README's DashScope example) the model is taken
     pair = Settings(embedding_connection="dashscope", embedding_model="text-embedding-v3")
     assert pair.embedding_model == "text-embedding-v3"
+
+
+def test_an_embedding_connection_without_a_model_is_refused() -> None:
+    # the packaged model's name would otherwise be sent to the endpoint at the first base
+    env = {"FLOWHOST_EMBEDDING_CONNECTION": "dashscope"}
+    result = CliRunner().invoke(main, ["serve", str(EXAMPLES / "echo")], env=env)
+    assert result.exit_code == 2
+    assert "embedding_connection 'dashscope' needs an embedding_model" in result.stderr
+    assert "FLOWHOST_EMBEDDING_MODEL" in result.stderr

@@ -94,13 +94,20 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _embedding_model_has_a_connection(self) -> Settings:
         """Without an embedding connection the packaged model embeds; another model name would
-        be ignored, so it is an error rather than a surprise at the first search."""
+        be ignored, and with one the packaged model's name would be sent to the endpoint: both
+        are errors at start rather than surprises at the first base."""
         packaged = type(self).model_fields["embedding_model"].default
         if self.embedding_connection is None and self.embedding_model != packaged:
             raise ValueError(
                 f"embedding_model {self.embedding_model!r} needs an embedding_connection "
                 f"(FLOWHOST_EMBEDDING_CONNECTION); without one the packaged model "
                 f"{packaged!r} embeds"
+            )
+        if self.embedding_connection is not None and self.embedding_model == packaged:
+            raise ValueError(
+                f"embedding_connection {self.embedding_connection!r} needs an embedding_model "
+                f"(FLOWHOST_EMBEDDING_MODEL): the endpoint's model, e.g. text-embedding-v3; "
+                f"{packaged!r} is the packaged model, which no endpoint serves"
             )
         return self
 

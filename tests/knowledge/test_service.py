@@ -369,3 +369,51 @@ async def test_unknown_embedding_connection_is_refused(service: KnowledgeService
         await service.create_base("x", embedding_connection="nope", embedding_model="m")
     with pytest.raises(InvalidInput, match="needs an embedding connection"):
         await service.create_base("x", embedding_model="text-embedding-v3")
+
+
+CONNECTIONS_YAML = """\
+connections:
+  embedder:
+    base_url: {url}
+    api_key: sk-test
+    max_retries: 0
+"""
+
+
+async def test_a_base_on_an_embeddings_endpoint(
+    kb_settings: Any, store: Any, llm: Any, tmp_path: Any
+) -> None:
+    """A base whose connection is an OpenAI-compatible endpoint (the fake, over HTTP): the
+    model it names is sent with every call, documents and queries are embedded there, and a
+    connection without a model is refused rather than sent the packaged model's name."""
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "connections.yaml").write_text(CONNECTIONS_YAML.format(url=llm.base_url))
+    svc = KnowledgeService(kb_settings.model_copy(update={"flows": flows}), store)
+    await svc.start()
+    try:
+        with pytest.raises(InvalidInput, match="embedding_model is required") as refused:
+            await svc.create_base("no model", embedding_connection="embedder")
+        assert refused.value.field == "embedding_model"
+        assert llm.requests == []  # refused before any call
+
+        base = await svc.create_base(
+            "remote", embedding_connection="embedder", embedding_model="text-embedding-v3"
+        )
+        assert base.embedding.connection == "embedder"
+        assert base.embedding.model == "text-embedding-v3"
+        assert base.embedding.dim == 8  # the fake's default dimension, found by one probe
+        text = "Remote vectors come from the endpoint."
+        doc, _, _ = await svc.add_document(base.pipeline_id, "remote.txt", text.encode())
+        await svc.wait_idle()
+        # the fake's vectors are seeded by the text: only the chunk's own text scores 1.0
+        hits = await ask(svc, text, [base.pipeline_id], top_k=1)
+        assert hits[0].file_id == doc.file_id
+        assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+        calls = [r for r in llm.requests if r.path == "/v1/embeddings"]
+        assert len(calls) == 3  # probe, document, query
+        assert {r.body["model"] for r in calls} == {"text-embedding-v3"}
+        assert calls[1].body["input"] == [text]
+        assert calls[2].body["input"] == [text]
+    finally:
+        await svc.close()

@@ -287,12 +287,7 @@ class KnowledgeService:
         pid = pipeline_id or secrets.token_hex(5)
         if not ID_RULE.match(pid):
             raise InvalidInput("pipeline_id must be 1-64 of [A-Za-z0-9_-]", field="pipeline_id")
-        connection = (
-            embedding_connection
-            if embedding_connection is not None
-            else (self.settings.embedding_connection)
-        )
-        model = embedding_model or (self.settings.embedding_model if connection else DEFAULT_MODEL)
+        connection, model = self._embedding_of(embedding_connection, embedding_model)
         size = chunk_size or self.settings.kb_chunk_size
         overlap = self.settings.kb_chunk_overlap if chunk_overlap is None else chunk_overlap
         if not 0 <= overlap < size:
@@ -318,6 +313,25 @@ class KnowledgeService:
                 "chunk_size": size,
                 "chunk_overlap": overlap,
             }
+        )
+
+    def _embedding_of(self, connection: str | None, model: str | None) -> tuple[str | None, str]:
+        """A new base's (connection, model): what the request names, else the server's. A
+        connection of the base's own has no model to fall back on: the server's model belongs
+        to the server's connection (or is the packaged one, which no endpoint serves)."""
+        settings = self.settings
+        if connection is None:
+            connection = settings.embedding_connection
+        if model:
+            return connection, model
+        if connection is None:
+            return None, DEFAULT_MODEL
+        if connection == settings.embedding_connection:
+            return connection, settings.embedding_model
+        raise InvalidInput(
+            f"embedding_model is required with embedding_connection {connection!r}: name the "
+            "endpoint's model (e.g. text-embedding-v3)",
+            field="embedding_model",
         )
 
     async def list_bases(self) -> list[KnowledgeBase]:
