@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from flowhost.exceptions import ServiceUnavailable
 from flowhost.server.errors import render_error
+from flowhost.server.run import OneLineFormatter, log_config
 from flowhost.tracing.setup import shown_endpoint
 
 ECHO = Path(__file__).resolve().parents[2] / "examples" / "flows" / "echo"
@@ -152,3 +154,25 @@ def test_a_5xx_outside_a_run_is_logged_on_one_line(caplog: pytest.LogCaptureFixt
         response = render_error("/x", ServiceUnavailable("down\nERROR: forged"), "rid-1")
     assert response.status_code == 503
     assert caplog.messages == ["request rid-1 failed: down\\nERROR: forged"]
+
+
+def test_every_served_log_line_is_one_line_but_tracebacks_keep_theirs() -> None:
+    """Not only flowhost's own messages: a library's, or one quoting a document's name."""
+    config = log_config("info")
+    for name in ("flowhost", "default"):  # flowhost's and the root's handler; uvicorn's
+        assert config["formatters"][name]["()"] == "flowhost.server.run.OneLineFormatter"
+    formatter = OneLineFormatter(fmt=config["formatters"]["flowhost"]["fmt"], use_colors=False)
+    forged = "INFO:     flowhost.server: forged"
+    record = logging.LogRecord("some.library", logging.WARNING, __file__, 1, "a %s", None, None)
+    record.args = (f"doc\n{forged}\r\n",)
+    assert formatter.format(record) == f"WARNING:  some.library: a doc\\n{forged}\\r\\n"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = logging.LogRecord(
+            "flowhost.knowledge", logging.ERROR, __file__, 1, "x\ny", None, sys.exc_info()
+        )
+    lines = formatter.format(failed).splitlines()
+    assert lines[0] == "ERROR:    flowhost.knowledge: x\\ny"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "ValueError: boom"
