@@ -6,14 +6,16 @@ STAMP := $(VENV)/.installed-dev
 FLOWS ?= examples/flows
 export FLOWHOST_DEFAULT_APP ?= echo
 
-.PHONY: serve test lint format bench soak install clean
+.PHONY: serve test lint format bench soak install lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+# constraints.txt: the versions the test suite last passed with (`make lock` renews it), so a
+# fresh clone installs what CI ran, not whatever was released since
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(STAMP)
@@ -38,6 +40,15 @@ bench: $(STAMP)
 
 soak: $(STAMP)  # 30 minutes at 200 concurrent streams: RSS and open fds must stay flat
 	$(BIN)/python -m bench.soak
+
+lock:  # the newest versions pyproject.toml admits, resolved in a scratch venv; then run `make test`
+	rm -rf $(VENV)-lock
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/pip install -q --upgrade pip
+	$(VENV)-lock/bin/pip install -q -e '.[dev]'
+	{ echo "# written by \`make lock\`: pins for \`pip install -c constraints.txt\` (make install, deploy/Dockerfile)"; \
+	  $(VENV)-lock/bin/pip freeze --exclude-editable | LC_ALL=C sort -f; } > constraints.txt
+	rm -rf $(VENV)-lock
 
 clean:
 	rm -rf $(VENV) .venv-promptflow .flowhost .pytest_cache .mypy_cache .ruff_cache

@@ -180,7 +180,10 @@ def test_dockerfile_runs_non_root_with_a_healthcheck_on_the_port(
     env = " ".join(arg for ins, arg in instructions if ins == "ENV")
     assert f"FLOWHOST_PORT={PORT}" in env
     assert "FLOWHOST_FLOWS=/app/flows" in env
-    assert any(ins == "RUN" and "pip install" in arg for ins, arg in instructions)
+    # the dependencies at the versions the suite passed with, as `make install` takes them
+    (install,) = [arg for ins, arg in instructions if ins == "RUN" and "pip install" in arg]
+    assert "-c /src/constraints.txt" in install
+    assert any(ins == "COPY" and "constraints.txt" in arg for ins, arg in instructions)
     # exec-form entrypoint: flowhost itself receives SIGTERM
     (entry,) = [arg for ins, arg in instructions if ins == "ENTRYPOINT"]
     assert entry.startswith("[")
