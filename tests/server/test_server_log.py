@@ -15,9 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
+from flowhost.config import Settings
 from flowhost.exceptions import ServiceUnavailable
+from flowhost.server.app import create_app
 from flowhost.server.errors import render_error
-from flowhost.server.run import OneLineFormatter, log_config
+from flowhost.server.logs import OneLineFormatter
+from flowhost.server.run import log_config
 from flowhost.tracing.setup import shown_endpoint
 
 ECHO = Path(__file__).resolve().parents[2] / "examples" / "flows" / "echo"
@@ -160,7 +163,7 @@ def test_every_served_log_line_is_one_line_but_tracebacks_keep_theirs() -> None:
     """Not only flowhost's own messages: a library's, or one quoting a document's name."""
     config = log_config("info")
     for name in ("flowhost", "default"):  # flowhost's and the root's handler; uvicorn's
-        assert config["formatters"][name]["()"] == "flowhost.server.run.OneLineFormatter"
+        assert config["formatters"][name]["()"] == "flowhost.server.logs.OneLineFormatter"
     formatter = OneLineFormatter(fmt=config["formatters"]["flowhost"]["fmt"], use_colors=False)
     forged = "INFO:     flowhost.server: forged"
     record = logging.LogRecord("some.library", logging.WARNING, __file__, 1, "a %s", None, None)
@@ -176,3 +179,30 @@ def test_every_served_log_line_is_one_line_but_tracebacks_keep_theirs() -> None:
     assert lines[0] == "ERROR:    flowhost.knowledge: x\\ny"
     assert lines[1] == "Traceback (most recent call last):"
     assert lines[-1] == "ValueError: boom"
+
+
+def test_served_log_lines_never_carry_the_servers_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whoever logs it, in the message or a traceback: the token, the database password and the
+    Milvus token that create_app knows are scrubbed from the line."""
+    monkeypatch.setattr(OneLineFormatter, "redactor", None)
+    token, db_pw, milvus = "tok-0123456789abcdef", "db-pw-0123456789", "root:milvus-pw-0123456"
+    settings = Settings(
+        flows=ECHO,
+        token=token,
+        database_url=f"mysql+asyncmy://u:{db_pw}@127.0.0.1:1/x",
+        milvus_token=milvus,
+    )
+    create_app(settings)
+    formatter = OneLineFormatter(fmt="%(levelprefix)s %(name)s: %(message)s", use_colors=False)
+    try:
+        raise RuntimeError(f"driver says {db_pw}")
+    except RuntimeError:
+        record = logging.LogRecord(
+            "some.driver", logging.ERROR, __file__, 1, "%s / %s", (token, milvus), sys.exc_info()
+        )
+    text = formatter.format(record)
+    assert text.startswith("ERROR:    some.driver: [redacted] / [redacted]\nTraceback")
+    assert "RuntimeError: driver says [redacted]" in text
+    assert all(secret not in text for secret in (token, db_pw, milvus))

@@ -15,15 +15,14 @@ from typing import Any
 import uvicorn
 from pydantic import SecretStr
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.logging import DefaultFormatter
 from uvicorn.supervisors import Multiprocess
 
 from flowhost.config import Settings
-from flowhost.exceptions import one_line
 from flowhost.metrics import MULTIPROC_ENV  # metrics
 from flowhost.server.app import create_app
+from flowhost.server.logs import OneLineFormatter
 
-__all__ = ["OneLineFormatter", "app_from_env", "log_config", "serve", "settings_json"]
+__all__ = ["app_from_env", "log_config", "serve", "settings_json"]
 
 _SETTINGS_ENV = "FLOWHOST__SETTINGS_JSON"
 
@@ -58,18 +57,6 @@ def _settle_gc(*, freeze: bool = True) -> None:
         gc.enable()
 
 
-class OneLineFormatter(DefaultFormatter):
-    """uvicorn's formatter, with line breaks in a record's message escaped (``one_line``): a
-    message quoting what a client sent (a document's name, a node's error) cannot start a log
-    line of its own. A traceback, appended after the message, keeps its lines."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        message = record.message
-        if "\n" in message or "\r" in message:
-            record.message = one_line(message)
-        return super().formatMessage(record)
-
-
 def log_config(level: str) -> dict[str, Any]:
     """uvicorn's logging set-up plus flowhost's loggers, at ``level``, named in each line (and
     other libraries' warnings, named too), every message on one line (``OneLineFormatter``).
@@ -77,7 +64,7 @@ def log_config(level: str) -> dict[str, Any]:
     uvicorn configures only its own loggers: without this, everything below WARNING that
     flowhost logs (knowledge bases created and indexed, exporters started) went nowhere."""
     config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    one_line_formatter = f"{__name__}.{OneLineFormatter.__qualname__}"
+    one_line_formatter = f"{OneLineFormatter.__module__}.{OneLineFormatter.__qualname__}"
     config["formatters"]["default"]["()"] = one_line_formatter  # uvicorn's own lines
     config["formatters"]["flowhost"] = {
         "()": one_line_formatter,

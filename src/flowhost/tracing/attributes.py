@@ -83,11 +83,16 @@ class Redactor:
             v for values in tokens.values() for v in values.values() if isinstance(v, str)
         )
 
-    def text(self, value: str) -> str:
-        """Scrub known secrets out of ``value`` and bound its length."""
+    def scrub(self, value: str) -> str:
+        """``value`` with every known secret in it replaced."""
         for secret in self._secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)
+        return value
+
+    def text(self, value: str) -> str:
+        """Scrub known secrets out of ``value`` and bound its length."""
+        value = self.scrub(value)
         if len(value) > MAX_VALUE_CHARS:
             cut = len(value) - MAX_VALUE_CHARS
             value = f"{value[:MAX_VALUE_CHARS]}…[{cut} more characters]"

@@ -59,7 +59,8 @@ def shown_endpoint(url: str) -> str:
 
 
 def known_secrets(settings: Settings, apps: AppRegistry | None = None) -> list[str]:
-    """The secrets a server holds, to scrub from spans: token, DB password, connection keys."""
+    """The secrets a server holds, to scrub from spans and log lines: token, database password,
+    Milvus token, connection keys."""
     out: list[str] = []
     if settings.token_value:
         out.append(settings.token_value)
@@ -72,6 +73,8 @@ def known_secrets(settings: Settings, apps: AppRegistry | None = None) -> list[s
             password = None
         if password:
             out.append(str(password))
+    if settings.milvus_token is not None:
+        out.append(settings.milvus_token.get_secret_value())
     seen: set[int] = set()
     for app in apps.apps.values() if apps is not None else ():
         registry = app.services.connections
