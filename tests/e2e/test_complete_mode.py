@@ -211,3 +211,15 @@ def test_bad_complete_mode_bodies(fixtures_server: Any) -> None:
         )
         assert r.status_code == 400, (body, r.text)
         assert r.json()["field"] == field
+
+
+def test_null_inputs_and_stream_mean_the_defaults(fixtures_server: Any) -> None:
+    """Seed 000: ``inputs`` defaults to None; a null is read as the field left out."""
+    url = f"{fixtures_server.url}/apps/described/run"
+    r = requests.post(url, json={"inputs": None}, headers=fixtures_server.headers)
+    assert r.status_code == 400
+    assert r.json()["field"] == "question"  # the flow's required input, not "inputs"
+    body = {"inputs": {"question": "q"}, "stream": None}
+    r = requests.post(url, json=body, headers=fixtures_server.headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/event-stream")  # stream: true

@@ -332,7 +332,8 @@ def test_has_thoughts_streams_every_node_of_branch(srv: Any) -> None:
     )
     assert all(c.status_code == 200 for c in chunks), chunks[-1]
     answer = "You asked: Is it raining? (3 words)"
-    assert "".join(c.output.text or "" for c in chunks) == answer
+    # as the seed's SDK output: text None until the last chunk, which has the whole answer
+    assert [c.output.text for c in chunks] == [None] * (len(chunks) - 1) + [answer]
     assert chunks[-1].output.finish_reason == "stop"
     seen: dict[str, set[str]] = {}
     for c in chunks:
@@ -393,7 +394,9 @@ def test_has_thoughts_llm_node_results_incremental_and_cumulative(srv: Any) -> N
     assert [t["nodeType"] for t in final] == ["Start", "LLM", "End"]
     assert final[1]["nodeName"] == "Chat"  # the node's display_name
     assert llm_results(data) == PIECES  # only the new text per chunk
-    assert "".join(d["output"]["text"] for d in data) == FULL
+    # seed 003's workflow streaming: the deltas are in the node's results; the answer comes
+    # whole, in the last chunk, and no chunk before it has a text
+    assert [d["output"].get("text") for d in data] == [None] * (len(data) - 1) + [FULL]
     body["parameters"]["incremental_output"] = False
     data = result_data(post_stream(srv, "chat", body))
     got = llm_results(data)
@@ -440,7 +443,8 @@ def test_biz_params_seed_curl_and_start_node_thought(proto: Any) -> None:
     }
     node = json.loads(data[-1]["output"]["thoughts"][1]["response"])
     assert (node["nodeId"], node["nodeName"]) == ("locate", "定位")
-    assert "".join(d["output"]["text"] for d in data) == "杭州: 你好 (turn 1)"
+    assert "text" not in data[-2]["output"]  # as the seed's curl: the answer only at the end
+    assert data[-1]["output"]["text"] == "杭州: 你好 (turn 1)"
 
 
 def test_user_defined_params_and_tokens_reach_python_nodes(proto: Any) -> None:
@@ -575,6 +579,13 @@ def test_bad_request_is_invalid_parameter(srv: Any, body: dict[str, Any], field:
     assert data["code"] == "InvalidParameter"
     assert field in data["message"]
     assert data["request_id"] == r.headers["x-request-id"]
+
+
+def test_null_parameters_are_the_defaults(srv: Any) -> None:
+    body = {"input": {"prompt": "hi"}, "parameters": None}
+    r = requests.post(url(srv, "echo"), json=body, headers={"Authorization": f"Bearer {SECRET}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["output"]["text"] == "echo: hi"
 
 
 def test_body_not_json(srv: Any) -> None:

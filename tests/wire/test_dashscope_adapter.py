@@ -94,7 +94,10 @@ def llm_run(*deltas: str) -> list[RunEvent]:
 
 
 def out(text: str | None, finish: str = "null", **extra: Any) -> dict[str, Any]:
-    o: dict[str, Any] = {"session_id": SID, "finish_reason": finish, "text": text}
+    """An ``output``; ``text`` None: a chunk without the key (has_thoughts, before the end)."""
+    o: dict[str, Any] = {"session_id": SID, "finish_reason": finish}
+    if text is not None:
+        o["text"] = text
     thoughts = extra.pop("thoughts", None)
     if thoughts is not None:
         o["thoughts"] = thoughts
@@ -158,23 +161,23 @@ async def test_has_thoughts_incremental_exact_frames() -> None:
         nodeExecTime="0ms",
         nodeResult=compact({"result": "我是来自"}),
     )
+    # as seed 003's workflow example: the streaming is in the nodes' results (each delta once,
+    # incremental); no text until the last chunk, which carries the whole answer
     chunks = [
-        out("", thoughts=[start]),  # RunStarted
-        out("", thoughts=[start, llm("executing", "")]),  # NodeStarted
-        out("", thoughts=[start, llm("executing", "我是")]),  # NodeDelta
-        out("我是", thoughts=[start, llm("executing", "")]),  # OutputDelta
-        out("", thoughts=[start, llm("executing", "来自")]),
-        out("来自", thoughts=[start, llm("executing", "")]),
-        out("", thoughts=[start, llm("success", "", "1844ms")]),  # NodeFinished
+        out(None, thoughts=[start]),  # RunStarted
+        out(None, thoughts=[start, llm("executing", "")]),  # NodeStarted
+        out(None, thoughts=[start, llm("executing", "我是")]),  # NodeDelta (OutputDelta: none)
+        out(None, thoughts=[start, llm("executing", "来自")]),
+        out(None, thoughts=[start, llm("success", "", "1844ms")]),  # NodeFinished
     ]
     expected = "".join(
         # usage so far: the LLM call is counted once its node finished
-        frame(i, {"output": o, "usage": FINAL_USAGE if i == 7 else NO_USAGE, "request_id": RID})
+        frame(i, {"output": o, "usage": FINAL_USAGE if i == 5 else NO_USAGE, "request_id": RID})
         for i, o in enumerate(chunks, start=1)
     ) + frame(
-        8,
+        6,
         {
-            "output": out("", "stop", thoughts=[start, llm("success", "", "1844ms"), end]),
+            "output": out("我是来自", "stop", thoughts=[start, llm("success", "", "1844ms"), end]),
             "usage": FINAL_USAGE,
             "request_id": RID,
         },
@@ -194,12 +197,15 @@ async def test_has_thoughts_cumulative_node_results() -> None:
     assert results == [
         ("executing", ""),
         ("executing", "我是"),
-        ("executing", "我是"),
-        ("executing", "我是来自"),
         ("executing", "我是来自"),
         ("success", "我是来自"),
         ("success", "我是来自"),
     ]
+    texts = [
+        json.loads(b.split("\n")[3].removeprefix("data:"))["output"].get("text")
+        for b in got.split("\n\n")[:-1]
+    ]
+    assert texts == [None] * 5 + ["我是来自"]  # cumulative: the same, the answer at the end
 
 
 async def test_structured_python_node_and_skipped_branch() -> None:
@@ -215,9 +221,10 @@ async def test_structured_python_node_and_skipped_branch() -> None:
     ]
     got = await render(evs, opts(incremental=True, has_thoughts=True))
     blocks = [json.loads(b.split("\n")[3].removeprefix("data:")) for b in got.split("\n\n")[:-1]]
-    # RunStarted, 2 x NodeStarted, 2 x NodeFinished, the answer, the end: the skip sends nothing
-    assert len(blocks) == 7
-    assert [b["output"]["text"] for b in blocks] == ["", "", "", "", "", "You asked", ""]
+    # RunStarted, 2 x NodeStarted, 2 x NodeFinished, the end (with the answer): the skip and
+    # the output (already in join's result) send nothing
+    assert len(blocks) == 6
+    assert [b["output"].get("text") for b in blocks] == [None] * 5 + ["You asked"]
     final = [json.loads(t["response"]) for t in blocks[-1]["output"]["thoughts"]]
     assert [t["nodeId"] for t in final] == ["Start", "classify", "join", "End"]
     assert final[1] == {

@@ -3,9 +3,12 @@
 Streaming frames are exactly Bailian's (CLIENTS.md): ``id:N`` / ``event:result`` /
 ``:HTTP_STATUS/200`` / one-line ``data:{...}``, no ``[DONE]``; failures are ``event:error`` with a
 ``status:`` line. ``incremental`` true sends only new text per chunk; false sends the text so far.
-With ``has_thoughts`` every chunk lists each node's progress as ``{"response": "<JSON string>"}``
-with nodeId / nodeName / nodeType / nodeStatus (executing, success, failed) / nodeExecTime /
-nodeResult, starting with a Start node (the inputs) and ending with an End node (the outputs).
+With ``has_thoughts`` (a workflow app's streaming, seed 003) every chunk lists each node's
+progress as ``{"response": "<JSON string>"}`` with nodeId / nodeName / nodeType / nodeStatus
+(executing, success, failed) / nodeExecTime / nodeResult, starting with a Start node (the
+inputs) and ending with an End node (the outputs); the streaming happens there, in the nodes'
+results, and ``text`` is the End node's whole answer, in the last chunk only (earlier chunks
+carry no ``text``), whether or not ``incremental``.
 The caller's ``user_defined_tokens`` values are scrubbed from every nodeResult: thoughts are a
 per-node trace, and tokens are never traced.
 """
@@ -186,19 +189,20 @@ class _State:
         if isinstance(ev, OutputDelta) and ev.name == o.answer_key:
             self.text += ev.delta
             self.new_text += ev.delta
-            return True
+            return not o.has_thoughts  # with thoughts: the node's delta went out already
         if isinstance(ev, OutputReady) and ev.name == o.answer_key and not ev.streamed:
             value = output_text(ev.value)
             self.text += value
             self.new_text += value
-            return True
+            return not o.has_thoughts
         return False
 
     def output(self, finish: str) -> dict[str, Any]:
         o = self.opts
-        text = self.new_text if o.incremental else self.text
-        self.new_text = ""
-        out: dict[str, Any] = {"session_id": o.session_id, "finish_reason": finish, "text": text}
+        out: dict[str, Any] = {"session_id": o.session_id, "finish_reason": finish}
+        if not o.has_thoughts or finish == "stop":  # with thoughts: the answer at the end
+            out["text"] = self.new_text if o.incremental else self.text
+            self.new_text = ""
         if o.has_thoughts:
             out["thoughts"] = [n.response(o.incremental, o.secrets) for n in self.nodes.values()]
         out["doc_references"] = self.references or None

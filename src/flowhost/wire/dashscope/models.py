@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowhost.knowledge.filters import RagOptions
 
@@ -57,6 +57,11 @@ class AppRequest(_Lenient):
     input: AppInput
     parameters: AppParameters = Field(default_factory=AppParameters)
     debug: dict[str, Any] | None = None
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _null_parameters(cls, value: Any) -> Any:
+        return AppParameters() if value is None else value
 
 
 class ModelUsageItem(BaseModel):
