@@ -49,3 +49,15 @@ def test_open_paths_document_no_auth_error(tmp_path: Path) -> None:
     paths = _spec(tmp_path)["paths"]
     assert "401" not in paths["/health"]["get"]["responses"]
     assert "401" in paths["/apps"]["get"]["responses"]
+
+
+def test_run_routes_declare_the_headers_they_read(tmp_path: Path) -> None:
+    """The run routes take the plain Request: their headers are declared by hand, so that
+    Swagger UI offers a field for each (seed 000 points users at it)."""
+    paths = _spec(tmp_path)["paths"]
+    for path in ("/", "/apps/{app_id}", "/run", "/apps/{app_id}/run", "/v1/chat/completions"):
+        params = {p["name"]: p for p in paths[path]["post"]["parameters"]}
+        for header in ("Chat-Session-Id", "Chat-User-Id", "Memory-Id"):
+            assert params[header]["in"] == "header", (path, header)
+            assert params[header]["required"] is False
+        assert ("app_id" in params) == ("{app_id}" in path)

@@ -18,10 +18,12 @@ from flowhost.service import PreparedRun, RunService
 __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_OFFSET",
+    "RUN_HEADER_PARAMETERS",
     "ClientHeaders",
     "EventStream",
     "client_headers",
     "get_service",
+    "header_parameter",
     "read_body",
     "read_json_object",
     "request_id",
@@ -33,6 +35,25 @@ T = TypeVar("T")
 MAX_JSON_DEPTH = 64
 MAX_OFFSET = 2**63 - 1  # the largest row offset every SQL backend takes (BIGINT)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def header_parameter(name: str, description: str) -> dict[str, Any]:
+    """An optional request header, as an OpenAPI parameter."""
+    return {"name": name, "in": "header", "required": False, "description": description,
+            "schema": {"type": "string"}}  # fmt: skip
+
+
+# The request headers the run routes read (``client_headers``), for /openapi.json: the routes
+# take the plain Request, so FastAPI cannot see them (Swagger UI then offers no field for them).
+RUN_HEADER_PARAMETERS: list[dict[str, Any]] = [
+    header_parameter(
+        "Chat-Session-Id",
+        "continue this chat session (32-255 of letters, digits, _ - :); a new one is "
+        "assigned and returned in the response header when absent",
+    ),
+    header_parameter("Chat-User-Id", "the user the session belongs to (optional)"),
+    header_parameter("Memory-Id", "long-term memory to recall from and extend (optional)"),
+]
 
 
 def run_headers(prepared: PreparedRun) -> dict[str, str]:

@@ -15,6 +15,7 @@ from flowhost.service import RunRequest
 from flowhost.wire.complete import adapter
 from flowhost.wire.complete.models import RunBody, inline_schema
 from flowhost.wire.http import (
+    RUN_HEADER_PARAMETERS,
     EventStream,
     client_headers,
     get_service,
@@ -30,6 +31,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["complete mode"])
 
 _DOC: dict[str, Any] = {
+    "parameters": RUN_HEADER_PARAMETERS,
     "requestBody": {
         "required": True,
         "content": {

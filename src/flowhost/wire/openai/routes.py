@@ -18,6 +18,7 @@ from flowhost.wire.http import (
     EventStream,
     client_headers,
     get_service,
+    header_parameter,
     read_json_object,
     request_id,
     until_disconnect,
@@ -107,10 +108,19 @@ async def list_models(request: Request) -> ModelList:
         500: {"model": ErrorResponse, "description": "the run failed (NodeFailed, LLMError, ...)"},
     },
     openapi_extra={
+        "parameters": [
+            header_parameter(
+                "Chat-Session-Id",
+                "continue this stored session (its turns are the history, not the earlier "
+                "messages); the turn is stored in it",
+            ),
+            header_parameter("Chat-User-Id", "the user the session belongs to (optional)"),
+            header_parameter("Memory-Id", "long-term memory (or the body's memory_id)"),
+        ],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": openapi_schema(ChatCompletionRequest)}},
-        }
+        },
     },
 )
 @hot

@@ -11,6 +11,7 @@ from flowhost.server.errors import render_error_info
 from flowhost.server.hot import hot
 from flowhost.service import PreparedRun, RunRequest
 from flowhost.wire.http import (
+    RUN_HEADER_PARAMETERS,
     EventStream,
     client_headers,
     get_service,
@@ -27,6 +28,7 @@ __all__ = ["router", "session_headers"]
 router = APIRouter(tags=["simple mode"])
 
 _BODY: dict[str, Any] = {
+    "parameters": RUN_HEADER_PARAMETERS,
     "requestBody": {
         "required": True,
         "content": {
