@@ -100,6 +100,22 @@ def test_non_stream_default_app(client: OpenAI) -> None:
     )
 
 
+def test_sampling_parameters_are_accepted_and_left_to_the_flow(client: OpenAI) -> None:
+    rsp = client.chat.completions.create(
+        model="default",
+        messages=user("hi"),
+        temperature=0.2,
+        top_p=0.9,
+        max_tokens=5,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        n=1,
+        seed=7,
+        stop=["\n"],
+    )
+    assert rsp.choices[0].message.content == "echo: hi"  # the flow's answer, as without them
+
+
 def test_non_stream_named_app_with_llm(client: OpenAI, llm: FakeLLM) -> None:
     rsp = client.chat.completions.create(model="chat", messages=user(f"你是谁? {SAY}"))
     assert rsp.model == "chat"
@@ -381,6 +397,10 @@ def test_unknown_memory_is_404(client: OpenAI) -> None:
             "rag_options.pipeline_ids",
         ),
         ({"messages": user("x"), "extra_body": {"stream": "often"}}, "stream"),
+        ({"messages": user("x"), "extra_body": {"temperature": "hot"}}, "temperature"),
+        ({"messages": user("x"), "temperature": 3}, "temperature"),
+        ({"messages": user("x"), "max_tokens": -5}, "max_tokens"),
+        ({"messages": user("x"), "n": 2}, "n"),
     ],
 )
 def test_bad_request(client: OpenAI, kwargs: dict[str, Any], param: str) -> None:

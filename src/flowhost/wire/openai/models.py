@@ -48,6 +48,17 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = None
     rag_options: dict[str, Any] | None = None
     memory_id: str | None = None
+    # OpenAI's sampling parameters: the flow's LLM nodes set their own, so these are not
+    # applied; they are checked as OpenAI checks them, so a bad value is a 400 naming it.
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    n: int | None = Field(None, ge=1, le=1, description="one choice per request")
+    seed: int | None = None
+    stop: str | list[str] | None = None
 
 
 class ModelCard(BaseModel):
