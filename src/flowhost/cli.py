@@ -123,6 +123,12 @@ def main() -> None:
     help="flowhost's and uvicorn's log lines [env FLOWHOST_LOG_LEVEL; info]",
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="text lines, or one JSON object a line for a log collector "
+    "[env FLOWHOST_LOG_FORMAT; text]",
+)
+@click.option(
     "--access-log/--no-access-log",
     default=None,
     help="log every request [env FLOWHOST_ACCESS_LOG; off]",

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     history: bool = True
     history_turns: int = Field(20, ge=0)
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
     access_log: bool = False
     graceful_timeout: float = Field(30.0, ge=0)
 

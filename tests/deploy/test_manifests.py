@@ -144,6 +144,20 @@ def test_configmap_points_every_replica_at_milvus(container: dict[str, Any]) -> 
     assert not any(k.endswith("_API_KEY") for k in data)
 
 
+def test_configmap_is_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every key is a setting that parses (a typo or a bad value would stop every pod)."""
+    from flowhost.config import Settings
+
+    data = one("ConfigMap")["data"]
+    for key, value in data.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    fields = {f"FLOWHOST_{name.upper()}" for name in Settings.model_fields}
+    assert set(data) <= fields, set(data) - fields
+    assert settings.log_format == "json"  # the cluster's log collector reads JSON lines
+    assert settings.workers == 1
+
+
 def test_service_routes_to_the_container_port(deployment: dict[str, Any]) -> None:
     service = one("Service")
     labels = deployment["spec"]["template"]["metadata"]["labels"]

@@ -4,6 +4,7 @@ failed run is one line the operator can match to the client's request id."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import sys
@@ -17,9 +18,10 @@ import pytest
 
 from flowhost.config import Settings
 from flowhost.exceptions import ServiceUnavailable
+from flowhost.server import logs
 from flowhost.server.app import create_app
 from flowhost.server.errors import render_error
-from flowhost.server.logs import OneLineFormatter
+from flowhost.server.logs import JsonFormatter, OneLineFormatter
 from flowhost.server.run import log_config
 from flowhost.tracing.setup import shown_endpoint
 
@@ -186,7 +188,7 @@ def test_served_log_lines_never_carry_the_servers_secrets(
 ) -> None:
     """Whoever logs it, in the message or a traceback: the token, the database password and the
     Milvus token that create_app knows are scrubbed from the line."""
-    monkeypatch.setattr(OneLineFormatter, "redactor", None)
+    monkeypatch.setattr(logs, "_redactor", None)
     token, db_pw, milvus = "tok-0123456789abcdef", "db-pw-0123456789", "root:milvus-pw-0123456"
     settings = Settings(
         flows=ECHO,
@@ -206,3 +208,62 @@ def test_served_log_lines_never_carry_the_servers_secrets(
     assert text.startswith("ERROR:    some.driver: [redacted] / [redacted]\nTraceback")
     assert "RuntimeError: driver says [redacted]" in text
     assert all(secret not in text for secret in (token, db_pw, milvus))
+
+    json_text = JsonFormatter().format(record)
+    assert all(secret not in json_text for secret in (token, db_pw, milvus))
+    entry = json.loads(json_text)
+    assert entry["message"] == "[redacted] / [redacted]"
+    assert entry["exception"].endswith("RuntimeError: driver says [redacted]")
+
+
+def test_json_lines_carry_time_level_logger_and_the_access_fields() -> None:
+    record = logging.LogRecord(
+        "flowhost.knowledge", logging.INFO, __file__, 1, "indexed %s", ("a\nb.md",), None
+    )
+    record.created = 1796601600.25  # 2026-12-07T00:00:00.250Z
+    line = JsonFormatter(fmt="%(message)s", use_colors=False).format(record)
+    assert "\n" not in line  # one line; the newline in the message is JSON-escaped
+    assert json.loads(line) == {
+        "time": "2026-12-07T00:00:00.250+00:00",
+        "level": "INFO",
+        "logger": "flowhost.knowledge",
+        "message": "indexed a\nb.md",
+    }
+    access = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "POST", "/run?x=1", "1.1", 200),
+        None,
+    )
+    entry = json.loads(JsonFormatter().format(access))
+    assert entry["message"] == '127.0.0.1:5000 - "POST /run?x=1 HTTP/1.1" 200'
+    assert (entry["client"], entry["method"], entry["path"]) == (
+        "127.0.0.1:5000",
+        "POST",
+        "/run?x=1",
+    )
+    assert (entry["http_version"], entry["status"]) == ("1.1", 200)
+
+
+def test_log_format_json_makes_every_served_line_json(
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory(ECHO, "--log-format", "json", "--access-log", "--no-history")
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.post("/", json={"question": "hi"}).status_code == 200
+    deadline = time.monotonic() + 10
+    while '"status":200' not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    entries = [json.loads(line) for line in server.output().splitlines() if line.strip()]
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    messages = {e["logger"]: e["message"] for e in entries}
+    assert messages["flowhost.server"].startswith("no token set")  # the last start line
+    assert any(e["message"].startswith("serving echo (default) from ") for e in entries)
+    assert (
+        messages["uvicorn.error"] == "Uvicorn running on " + server.url + " (Press CTRL+C to quit)"
+    )
+    (access,) = [e for e in entries if e["logger"] == "uvicorn.access" and e["method"] == "POST"]
+    assert (access["method"], access["path"], access["status"]) == ("POST", "/", 200)

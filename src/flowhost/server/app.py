@@ -41,7 +41,7 @@ from flowhost.metrics import MetricsSink, metrics_endpoint  # metrics
 from flowhost.server.errors import render_error
 from flowhost.server.health import router as health_router  # health
 from flowhost.server.hot import FlowhostAPI
-from flowhost.server.logs import OneLineFormatter
+from flowhost.server.logs import scrub_with
 from flowhost.server.middleware import RequestContextMiddleware
 from flowhost.server.openapi import document_errors
 from flowhost.service import RunService, RunSink
@@ -210,7 +210,7 @@ def create_app(settings: Settings, *, apps: AppRegistry | None = None) -> FastAP
     redactor = (
         tracing.sink.redactor if tracing is not None else Redactor(known_secrets(settings, apps))
     )
-    OneLineFormatter.redactor = redactor  # the served log lines, whoever writes them
+    scrub_with(redactor)  # the served log lines, whoever writes them
     service = RunService(apps, settings, sinks=sinks, log_failures=True, redactor=redactor)
 
     @asynccontextmanager

@@ -20,7 +20,7 @@ from uvicorn.supervisors import Multiprocess
 from flowhost.config import Settings
 from flowhost.metrics import MULTIPROC_ENV  # metrics
 from flowhost.server.app import create_app
-from flowhost.server.logs import OneLineFormatter
+from flowhost.server.logs import JsonFormatter, OneLineFormatter
 
 __all__ = ["app_from_env", "log_config", "serve", "settings_json"]
 
@@ -57,19 +57,25 @@ def _settle_gc(*, freeze: bool = True) -> None:
         gc.enable()
 
 
-def log_config(level: str) -> dict[str, Any]:
+def _dotted(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def log_config(level: str, log_format: str = "text") -> dict[str, Any]:
     """uvicorn's logging set-up plus flowhost's loggers, at ``level``, named in each line (and
-    other libraries' warnings, named too), every message on one line (``OneLineFormatter``).
+    other libraries' warnings, named too), every message on one line and scrubbed of the
+    server's secrets (``flowhost.server.logs``); ``log_format`` json: JSON lines, uvicorn's
+    included.
 
     uvicorn configures only its own loggers: without this, everything below WARNING that
     flowhost logs (knowledge bases created and indexed, exporters started) went nowhere."""
     config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    one_line_formatter = f"{OneLineFormatter.__module__}.{OneLineFormatter.__qualname__}"
-    config["formatters"]["default"]["()"] = one_line_formatter  # uvicorn's own lines
-    config["formatters"]["flowhost"] = {
-        "()": one_line_formatter,
-        "fmt": "%(levelprefix)s %(name)s: %(message)s",
-    }
+    formatter = _dotted(JsonFormatter if log_format == "json" else OneLineFormatter)
+    formatters = config["formatters"]
+    formatters["default"]["()"] = formatter  # uvicorn's own lines
+    if log_format == "json":
+        formatters["access"]["()"] = formatter
+    formatters["flowhost"] = {"()": formatter, "fmt": "%(levelprefix)s %(name)s: %(message)s"}
     config["handlers"]["flowhost"] = {
         "formatter": "flowhost",
         "class": "logging.StreamHandler",
@@ -103,7 +109,7 @@ def serve(settings: Settings) -> None:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
-        "log_config": log_config(settings.log_level),
+        "log_config": log_config(settings.log_level, settings.log_format),
         "access_log": settings.access_log,
         "timeout_graceful_shutdown": settings.graceful_timeout,
         "server_header": False,
