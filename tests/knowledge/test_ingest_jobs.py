@@ -220,9 +220,9 @@ async def test_progress_and_total_are_written_while_a_job_runs(
         reported: list[dict[str, Any]] = []
         update_job = svc.repo.update_job
 
-        async def record(job_id: str, **values: Any) -> None:
+        async def record(job_id: str, **values: Any) -> bool:
             reported.append(values)
-            await update_job(job_id, **values)
+            return await update_job(job_id, **values)
 
         monkeypatch.setattr(svc.repo, "update_job", record)
         base = await svc.create_base("b")
@@ -237,3 +237,54 @@ async def test_progress_and_total_are_written_while_a_job_runs(
         assert progress == sorted(progress)
         assert all(0 < p < chunks for p in progress)
         assert {r["total"] for r in reported if "progress" in r} == {chunks}
+
+
+class GatedEmbedder:
+    """Holds its ``gate_on``-th call until ``release`` is set (``reached`` says it is there)."""
+
+    def __init__(self, inner: Any, gate_on: int) -> None:
+        self.inner, self.model, self.connection = inner, inner.model, inner.connection
+        self.parallel = 1
+        self.calls = 0
+        self.gate_on = gate_on
+        self.reached, self.release = asyncio.Event(), asyncio.Event()
+
+    async def dim(self) -> int:
+        return int(await self.inner.dim())
+
+    async def embed(self, texts: Sequence[str]) -> Any:
+        self.calls += 1
+        if self.calls == self.gate_on:
+            self.reached.set()
+            await self.release.wait()
+        return await self.inner.embed(texts)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_document_deleted_while_indexing_leaves_no_chunk_and_stops_its_job(
+    kb_settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with small_batches(kb_settings, store) as svc:
+        monkeypatch.setattr(ingest, "PROGRESS_S", 0.0)  # a progress write after every batch
+        monkeypatch.setattr(ingest, "WRITE_ROWS", 2)  # and a vector write
+        base = await svc.create_base("b")
+        gated = GatedEmbedder(await svc.embedder_for(base), gate_on=3)
+
+        async def embedder_for(_: Any) -> Any:
+            return gated
+
+        monkeypatch.setattr(svc, "embedder_for", embedder_for)
+        doc, job, _ = await svc.add_document(base.pipeline_id, "a.txt", TEXT.encode())
+        assert job is not None
+        with anyio.fail_after(30):
+            await gated.reached.wait()  # two batches embedded and written
+        await svc.delete_document(doc.file_id)
+        gated.release.set()
+        await svc.wait_idle()
+        # the job saw its row gone at its next progress write: no more embedding, and the
+        # chunks it wrote after the delete removed them are removed too
+        assert gated.calls <= 4
+        assert await _chunks(svc, base.space, base.pipeline_id, doc.file_id) == 0
+        assert await svc.list_documents(base.pipeline_id) == []

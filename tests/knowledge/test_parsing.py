@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import io
 import itertools
+import re
 
 import pytest
 from kbdocs import fixture_bytes, make_docx, make_pdf, make_xlsx
@@ -91,3 +93,66 @@ def test_csv_and_xlsx_tables() -> None:
     assert xlsx.rows == [{"model": "A", "price": "2999"}, {"model": "B", "price": "10.5"}]
     with pytest.raises(ParseError, match="duplicate"):
         parse_table("d.csv", b"a,a\n1,2\n")
+
+
+# --- what a small hostile file cannot do (each would take minutes or gigabytes unbounded) ------
+
+
+def test_a_long_heading_line_is_read_in_linear_time() -> None:
+    # the old heading pattern was cubic: 3,000 spaces took 45 s
+    text = "# a" + " " * 50_000 + "b ##\nbody\n## Title ##\nmore"
+    sections = parse_document("h.md", text.encode())
+    assert [(s.title, s.text) for s in sections] == [("a" + " " * 50_000 + "b", "body"),
+                                                   ("Title", "more")]  # fmt: skip
+
+
+def test_a_long_run_of_dots_is_split_in_linear_time() -> None:
+    # the old sentence pattern was quadratic in a run of terminators: 40 KB took 30 s
+    dots = "." * 200_000
+    assert split_sentences(dots + "x") == [dots + "x"]
+    assert split_sentences("Wait... what?! Yes. 3.14 is pi") == [
+        "Wait...",
+        "what?!",
+        "Yes.",
+        "3.14 is pi",
+    ]
+
+
+def test_an_xlsx_that_declares_a_huge_sheet_is_read_by_its_cells() -> None:
+    import zipfile
+
+    data = make_xlsx([["model", "price"], ["A", 2999]])
+    source, out = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as patched:
+        for item in source.infolist():
+            content = source.read(item)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                content = re.sub(
+                    rb'<dimension ref="[^"]*"', b'<dimension ref="A1:XFD8000"', content
+                )
+            patched.writestr(item, content)
+    table = parse_table("wide.xlsx", out.getvalue())  # rows were padded to 16,384 columns
+    assert table.columns == ["model", "price"]
+    assert table.rows == [{"model": "A", "price": "2999"}]
+
+
+def test_tables_have_a_row_and_a_cell_limit() -> None:
+    wide = ",".join(f"c{i}" for i in range(128)) + "\n" + "1\n" * 20_000
+    with pytest.raises(ParseError, match="more than 2,000,000 cells"):
+        parse_table("wide.csv", wide.encode())
+    with pytest.raises(ParseError, match="more than 100,000 rows"):
+        parse_table("long.csv", ("a\n" + "1\n" * 100_001).encode())
+    assert len(parse_table("ok.csv", ("a\n" + "1\n" * 100_000).encode()).rows) == 100_000
+
+
+def test_documents_have_a_text_and_a_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowhost.knowledge import parsing
+
+    monkeypatch.setattr(parsing, "MAX_TEXT_CHARS", 1_000)  # a .docx is a zip: text can explode
+    with pytest.raises(ParseError, match="more than 1,000 characters of text"):
+        parse_document("big.docx", make_docx("T", ["x" * 600, "y" * 600]))
+    assert parse_document("ok.docx", make_docx("T", ["x" * 600]))[0].text == "x" * 600
+    monkeypatch.undo()
+    monkeypatch.setattr(parsing, "PARSE_SECONDS", 0.0)  # html.parser is quadratic on "<a<a..."
+    with pytest.raises(ParseError, match="took longer than 0 s"):
+        parse_document("slow.html", b"<p>" + b"<a" * 40_000)

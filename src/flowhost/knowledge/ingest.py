@@ -51,7 +51,8 @@ def units_of(base: KnowledgeBase, doc: Document, content: bytes) -> tuple[list[U
         units = []
         for i, row in enumerate(table.rows):
             text = "\n".join(f"{c}: {v}" for c, v in row.items() if v != "")
-            labels = tuple(structured_label(c, v) for c, v in row.items())
+            # empty cells match no filter value: no label (a wide sheet had 128 per row)
+            labels = tuple(structured_label(c, v) for c, v in row.items() if v != "")
             title = f"{doc.name} #{i + 1}"
             units.append(Unit(text, text, title, labels[:MAX_LABELS], {"row": row}))
         return units, table.columns
@@ -67,6 +68,10 @@ def units_of(base: KnowledgeBase, doc: Document, content: bytes) -> tuple[list[U
         embed_text = f"{p.title}\n{p.text}" if p.title else p.text
         out.append(Unit(p.text, embed_text, p.title or doc.name, labels, m))
     return out, []
+
+
+class _Deleted(Exception):
+    """The document was deleted while it was being indexed."""
 
 
 def _reason(exc: BaseException) -> str:
@@ -102,10 +107,17 @@ async def run_job(svc: KnowledgeService, job: Job) -> None:
             await svc.vectors.delete(space, base.pipeline_id, doc.file_id)
         await _embed_and_write(svc, base, doc, job, units, embedder)
         svc.mark_dirty(space)  # indexes are refreshed once the queue is empty
-        await repo.end_job(job.job_id, doc.file_id, chunks=len(units))
+        if not await repo.end_job(job.job_id, doc.file_id, chunks=len(units)):
+            raise _Deleted
         log.info("indexed %s (%s): %d chunks", doc.name, doc.file_id, len(units))
     except anyio.get_cancelled_exc_class():
         raise
+    except _Deleted:  # its delete removed the chunks written so far; these are the rest
+        log.info("indexing %s (%s) stopped: the document was deleted", doc.name, doc.file_id)
+        try:
+            await svc.vectors.delete(space, base.pipeline_id, doc.file_id)
+        except Exception:
+            log.exception("cannot remove the chunks of deleted document %s", doc.file_id)
     except Exception as exc:
         reason = _reason(exc)
         log.warning("indexing %s (%s) failed: %s", doc.name, doc.file_id, reason)
@@ -178,7 +190,8 @@ async def _embed_and_write(
             if embedding and time.monotonic() - reported >= PROGRESS_S:
                 reported = time.monotonic()
                 done = start + len(part)
-                await svc.repo.update_job(job.job_id, progress=done, total=len(units))
+                if not await svc.repo.update_job(job.job_id, progress=done, total=len(units)):
+                    raise _Deleted  # the job went with its document: stop embedding it
         if writing is not None:
             await writing
             writing = None

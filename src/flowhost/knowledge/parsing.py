@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import PurePath
@@ -30,7 +33,16 @@ __all__ = [
 UNSTRUCTURED_TYPES = frozenset({"txt", "md", "html", "pdf", "docx"})
 STRUCTURED_TYPES = frozenset({"csv", "xlsx"})
 _ALIASES = {"htm": "html", "markdown": "md", "text": "txt"}
+# Limits on what one document may become. An upload is at most --max-body-bytes, but a .docx or
+# .xlsx is a zip and a PDF page can share a compressed stream: a small file can expand to
+# gigabytes of text or cells (hours of embedding). Past a limit the job fails saying which.
 MAX_COLUMNS = 128
+MAX_ROWS = 100_000  # rows of a table (each becomes a chunk)
+MAX_CELLS = 2_000_000  # rows x columns of a table
+MAX_TEXT_CHARS = 10_000_000  # characters of text extracted from a document
+MAX_PDF_PAGES = 5_000
+PARSE_SECONDS = 120.0  # parsing one document (checked between pages, paragraphs, pieces)
+_HTML_FEED = 65_536  # characters html.parser is fed at a time (the deadline is checked between)
 
 
 class ParseError(Exception):
@@ -67,18 +79,46 @@ def _decode(data: bytes) -> str:
     raise ParseError("the file is not UTF-8 or GB18030 text")
 
 
-_MD_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+# Linear: the title's closing #s and spaces are stripped in Python (a lazy group followed by
+# optional runs, as before, backtracked cubically: a 3 KB heading line held the GIL 45 s).
+_MD_HEADING = re.compile(r"(#{1,6})[ \t]+(.*)")
+
+
+class _Budget:
+    """What one document may still use: characters of text, and time (see the limits)."""
+
+    __slots__ = ("chars", "deadline")
+
+    def __init__(self) -> None:
+        self.chars = MAX_TEXT_CHARS
+        self.deadline = time.monotonic() + PARSE_SECONDS
+
+    def take(self, text: str) -> str:
+        self.chars -= len(text)
+        if self.chars < 0:
+            raise ParseError(f"the document holds more than {MAX_TEXT_CHARS:,} characters of text")
+        self.check_time()
+        return text
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise ParseError(f"reading the document took longer than {PARSE_SECONDS:g} s")
+
+
+def _heading(line: str) -> str | None:
+    m = _MD_HEADING.fullmatch(line)
+    return None if m is None else m.group(2).rstrip().rstrip("#").rstrip()
 
 
 def _markdown(text: str) -> list[Section]:
     sections: list[Section] = []
     title, buf = "", list[str]()
     for line in text.splitlines():
-        m = _MD_HEADING.match(line)
-        if m:
+        heading = _heading(line)
+        if heading is not None:
             if "".join(buf).strip():
                 sections.append(Section("\n".join(buf).strip(), title))
-            title, buf = m.group(2), []
+            title, buf = heading, []
         else:
             buf.append(line)
     if "".join(buf).strip():
@@ -135,19 +175,21 @@ class _HTMLText(HTMLParser):
         self._flush()
 
 
-def _pdf(data: bytes) -> list[Section]:
+def _pdf(data: bytes, budget: _Budget) -> list[Section]:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
     try:
         reader = PdfReader(io.BytesIO(data))
-        pages = [page.extract_text() or "" for page in reader.pages]
+        if len(reader.pages) > MAX_PDF_PAGES:
+            raise ParseError(f"the PDF has more than {MAX_PDF_PAGES:,} pages")
+        pages = [budget.take(page.extract_text() or "") for page in reader.pages]
     except (PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
         raise ParseError(f"not a readable PDF: {exc}") from exc
     return [Section(t.strip(), "", i + 1) for i, t in enumerate(pages) if t.strip()]
 
 
-def _docx(data: bytes) -> list[Section]:
+def _docx(data: bytes, budget: _Budget) -> list[Section]:
     import zipfile
 
     import docx
@@ -160,16 +202,17 @@ def _docx(data: bytes) -> list[Section]:
     sections: list[Section] = []
     title, buf = "", list[str]()
     for para in document.paragraphs:
+        text = budget.take(para.text.strip())
         style = (para.style.name if para.style is not None else "") or ""
-        if style.lower().startswith(("heading", "title")) and para.text.strip():
+        if style.lower().startswith(("heading", "title")) and text:
             if buf:
                 sections.append(Section("\n".join(buf), title))
-            title, buf = para.text.strip(), []
-        elif para.text.strip():
-            buf.append(para.text.strip())
+            title, buf = text, []
+        elif text:
+            buf.append(text)
     for table in document.tables:
         for row in table.rows:
-            cells = [c.text.strip() for c in row.cells]
+            cells = [budget.take(c.text.strip()) for c in row.cells]
             if any(cells):
                 buf.append(" | ".join(cells))
     if buf:
@@ -180,19 +223,24 @@ def _docx(data: bytes) -> list[Section]:
 def parse_document(name: str, data: bytes) -> list[Section]:
     """Sections of an unstructured document. Raises ParseError (unknown type, unreadable)."""
     kind = file_type(name)
+    budget = _Budget()
     if kind == "pdf":
-        sections = _pdf(data)
+        sections = _pdf(data, budget)
     elif kind == "docx":
-        sections = _docx(data)
+        sections = _docx(data, budget)
     elif kind == "html":
-        parser = _HTMLText()
-        parser.feed(_decode(data))
+        # fed in pieces: html.parser is quadratic on some markup ("<a<a<a..."), and the
+        # deadline can only be checked between two feeds
+        text, parser = budget.take(_decode(data)), _HTMLText()
+        for start in range(0, len(text), _HTML_FEED):
+            parser.feed(text[start : start + _HTML_FEED])
+            budget.check_time()
         parser.close()
         sections = parser.sections
     elif kind == "md":
-        sections = _markdown(_decode(data))
+        sections = _markdown(budget.take(_decode(data)))
     elif kind == "txt":
-        text = _decode(data).strip()
+        text = budget.take(_decode(data)).strip()
         sections = [Section(text)] if text else []
     else:
         raise ParseError(
@@ -225,6 +273,10 @@ def _table(header: list[Any], body: list[list[Any]]) -> Table:
         if c in seen:
             raise ParseError(f"duplicate column {c!r}")
         seen.add(c)
+    if len(body) > MAX_ROWS:
+        raise ParseError(f"the table has more than {MAX_ROWS:,} rows")
+    if len(body) * len(columns) > MAX_CELLS:
+        raise ParseError(f"the table has more than {MAX_CELLS:,} cells (rows x columns)")
     table = Table(columns)
     for raw in body:
         row = {c: _cell(raw[i]) if i < len(raw) else "" for i, c in enumerate(columns)}
@@ -233,6 +285,18 @@ def _table(header: list[Any], body: list[list[Any]]) -> Table:
     if not table.rows:
         raise ParseError("the table has no rows")
     return table
+
+
+def _used_width(row: Sequence[Any]) -> int:
+    for i in range(len(row) - 1, -1, -1):
+        if row[i] is not None:
+            return i + 1
+    return 0
+
+
+def _first_rows(rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
+    """The header and up to MAX_ROWS rows, plus one more to tell that there are too many."""
+    return [list(r) for r in itertools.islice(rows, MAX_ROWS + 2)]
 
 
 def parse_table(name: str, data: bytes) -> Table:
@@ -245,7 +309,7 @@ def parse_table(name: str, data: bytes) -> Table:
         except csv.Error:
             dialect = csv.excel
         try:
-            rows = list(csv.reader(io.StringIO(text), dialect))
+            rows = _first_rows(csv.reader(io.StringIO(text), dialect))
         except csv.Error as exc:
             raise ParseError(f"not a readable CSV file: {exc}") from exc
     elif kind == "xlsx":
@@ -260,9 +324,13 @@ def parse_table(name: str, data: bytes) -> Table:
             raise ParseError(f"not a readable .xlsx file: {exc}") from exc
         try:
             sheet = book.worksheets[0]
-            rows = [list(r) for r in sheet.iter_rows(values_only=True)]
+            # a sheet's declared size can be a lie (A1:XFD1048576 in a 2 KB file): each row
+            # read is padded to it, so read one column past the limit, and rows up to it
+            rows = _first_rows(sheet.iter_rows(values_only=True, max_col=MAX_COLUMNS + 1))
         finally:
             book.close()
+        width = max((_used_width(r) for r in rows), default=0)  # the padding's Nones dropped
+        rows = [r[:width] for r in rows]
     else:
         raise ParseError(f"unsupported file type {kind!r} for a structured base (use csv, xlsx)")
     if not rows:

@@ -418,9 +418,10 @@ class KnowledgeRepository:
 
     async def end_job(
         self, job_id: str, file_id: str, *, chunks: int, error: str | None = None
-    ) -> None:
+    ) -> bool:
         """Record a job's end and its document's state together: completed with ``chunks``
-        (progress = total = chunks), or failed with ``error``."""
+        (progress = total = chunks), or failed with ``error``. False: the document is gone
+        (deleted while it was being indexed)."""
         now = utcnow()
         job: dict[str, Any] = {"finished_at": now, "lease_until": None}
         if error is None:
@@ -430,20 +431,22 @@ class KnowledgeRepository:
             job.update(status="failed", error=error)
             doc = {"status": "failed", "chunk_count": 0, "error": error}
 
-        def end(conn: Connection) -> None:
-            conn.execute(
+        def end(conn: Connection) -> bool:
+            updated = conn.execute(
                 update(self.t.doc)
                 .where(self.t.doc.c.file_id == file_id)
                 .values(**doc, updated_at=now)
-            )
+            ).rowcount
             conn.execute(update(self.t.job).where(self.t.job.c.job_id == job_id).values(**job))
+            return bool(updated)
 
-        await self._write(end)
+        return await self._write(end)
 
-    async def update_job(self, job_id: str, **values: Any) -> None:
+    async def update_job(self, job_id: str, **values: Any) -> bool:
+        """Update a job's row; False when there is none (deleted with its document)."""
         j = self.t.job
         statement = update(j).where(j.c.job_id == job_id).values(**values)
-        await self._write(lambda conn: conn.execute(statement))
+        return await self._write(lambda conn: bool(conn.execute(statement).rowcount))
 
     async def requeue_expired(self) -> int:
         """Running jobs whose lease ran out (their worker died) go back to pending."""
