@@ -238,3 +238,7 @@ def test_the_redactor() -> None:
     assert r.json({"question": "hi"}) == '{"question":"hi"}'  # nothing to hide: as it was
     assert r.text("short") == "short"  # too short to be a known secret
     assert len(r.text("x" * 20_000)) < 16_500
+    # a secret with a quote or a backslash is found in the JSON text too, where it is escaped
+    odd = r.for_tokens({"tool": {"user_token": 'QQ"SECRET\\42'}})
+    assert json.loads(odd.json({"prompt": 'say QQ"SECRET\\42'})) == {"prompt": "say [redacted]"}
+    assert odd.text('say QQ"SECRET\\42') == "say [redacted]"

@@ -67,9 +67,11 @@ class Redactor:
     __slots__ = ("_secrets",)
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets = tuple(
-            sorted({s for s in secrets if len(s) >= MIN_SECRET_LEN}, key=len, reverse=True)
-        )
+        # each secret also as JSON text writes it (a quote or backslash escaped): values are
+        # scrubbed after they are encoded
+        kept = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
+        forms = kept | {compact_json(s)[1:-1] for s in kept}
+        self._secrets = tuple(sorted(forms, key=len, reverse=True))
 
     def with_secrets(self, more: Iterable[str]) -> Redactor:
         extra = [s for s in more if len(s) >= MIN_SECRET_LEN]
