@@ -21,6 +21,7 @@ from flowhost.store import (
     NewTurn,
     SessionAccessDenied,
     SessionNotFound,
+    SessionOfAnotherApp,
     Store,
     StoreError,
     StoreUnavailable,
@@ -37,6 +38,11 @@ async def translate_store_errors() -> AsyncIterator[None]:
         yield
     except SessionAccessDenied:
         raise Forbidden("this session belongs to another user (Chat-User-Id)") from None
+    except SessionOfAnotherApp as exc:
+        raise InvalidInput(
+            f"this session belongs to app {exc.app_id!r}: continue it there, or start a new one",
+            field="session_id",
+        ) from None
     except (SessionNotFound, TurnNotFound) as exc:
         raise NotFound(exc.message) from None
     except StoreUnavailable as exc:

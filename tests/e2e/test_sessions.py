@@ -164,6 +164,28 @@ def test_session_id_with_a_trailing_newline_is_refused(client: httpx.Client) -> 
     assert "32-255" in resp.json()["message"]
 
 
+def test_a_session_belongs_to_its_app(client: httpx.Client) -> None:
+    """Another app's history would be another flow's, and the session would mix two apps."""
+    sid = ask(client, "for echo", path="/apps/echo").headers[SESSION_HEADER]
+    refused = [
+        ask(client, "elsewhere", sid, path="/apps/chat"),
+        client.post("/apps/chat/run", json={"inputs": {"question": "x"}, "stream": False},
+                    headers={SESSION_HEADER: sid}),
+        client.post("/v1/chat/completions", headers={SESSION_HEADER: sid},
+                    json={"model": "chat", "messages": [{"role": "user", "content": "x"}]}),
+        client.post("/api/v1/apps/chat/completion",
+                    json={"input": {"prompt": "x", "session_id": sid}}),
+    ]  # fmt: skip
+    for resp in refused:
+        assert resp.status_code == 400, resp.text
+        assert "belongs to app 'echo'" in resp.text
+    assert refused[0].json()["field"] == "session_id"
+    assert refused[2].json()["error"]["param"] == "session_id"
+    assert refused[3].json()["code"] == "InvalidParameter"
+    assert session(client, sid)["turn_count"] == 1  # nothing stored
+    assert ask(client, "again", sid, path="/apps/echo").status_code == 200  # its own app: fine
+
+
 # --- users -------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,13 @@ import pytest
 from sqlalchemy import Connection, event, exc, text
 from sqlalchemy.engine import ExceptionContext
 
-from flowhost.store import NewTurn, SessionAccessDenied, SessionNotFound, Store
+from flowhost.store import (
+    NewTurn,
+    SessionAccessDenied,
+    SessionNotFound,
+    SessionOfAnotherApp,
+    Store,
+)
 from flowhost.store import engine as store_engine
 from flowhost.store.engine import create_store_engine, normalize_url, retry_on_disconnect
 from flowhost.store.runner import SqliteThreadRunner
@@ -60,8 +66,10 @@ async def test_open_session_reads_session_and_last_turns_in_order(store: Store) 
     for n, status in enumerate(statuses):
         await store.chats.append_turn(_turn(session_id, n, status))
 
+    with pytest.raises(SessionOfAnotherApp, match="belongs to app 'app'"):
+        await store.chats.open_session(session_id, app_id="other", user_id="u", history_turns=1)
     found, history = await store.chats.open_session(
-        session_id, app_id="other", user_id="u", title="ignored", history_turns=10
+        session_id, app_id="app", user_id="u", title="ignored", history_turns=10
     )
     assert (found.session_id, found.app_id, found.user_id, found.title) == (
         session_id,

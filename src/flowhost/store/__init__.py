@@ -15,6 +15,7 @@ from flowhost.store.errors import InvalidServiceName as InvalidServiceName
 from flowhost.store.errors import InvalidStoreURL as InvalidStoreURL
 from flowhost.store.errors import SessionAccessDenied as SessionAccessDenied
 from flowhost.store.errors import SessionNotFound as SessionNotFound
+from flowhost.store.errors import SessionOfAnotherApp as SessionOfAnotherApp
 from flowhost.store.errors import StoreError as StoreError
 from flowhost.store.errors import StoreUnavailable as StoreUnavailable
 from flowhost.store.errors import TurnNotFound as TurnNotFound
@@ -39,6 +40,7 @@ __all__ = [
     "NewTurn",
     "SessionAccessDenied",
     "SessionNotFound",
+    "SessionOfAnotherApp",
     "SessionRecord",
     "Store",
     "StoreError",

@@ -28,7 +28,12 @@ from sqlalchemy import (
 )
 
 from flowhost.store.engine import retry_on_disconnect, translate_errors
-from flowhost.store.errors import SessionAccessDenied, SessionNotFound, TurnNotFound
+from flowhost.store.errors import (
+    SessionAccessDenied,
+    SessionNotFound,
+    SessionOfAnotherApp,
+    TurnNotFound,
+)
 from flowhost.store.records import (
     APP_ID_MAX,
     SESSION_ID_MAX,
@@ -214,6 +219,7 @@ class ChatRepository:
 
         Raises:
             SessionAccessDenied: the session exists with a different ``user_id``.
+            SessionOfAnotherApp: the session exists with a different ``app_id``.
         """
         record, _ = await self.open_session(
             session_id, app_id=app_id, user_id=user_id, title=title, history_turns=0
@@ -236,6 +242,8 @@ class ChatRepository:
 
         Raises:
             SessionAccessDenied: the session exists with a different ``user_id``.
+            SessionOfAnotherApp: the session exists with a different ``app_id`` (its history
+                would be another flow's, and its turns would mix two apps).
         """
         check_length("session_id", session_id, SESSION_ID_MAX)
         check_length("app_id", app_id, APP_ID_MAX)
@@ -269,6 +277,8 @@ class ChatRepository:
                 if found is None:
                     raise SessionNotFound(session_id)
         _check_access(found, user_id)
+        if found.app_id != app_id:
+            raise SessionOfAnotherApp(session_id, found.app_id)
         return found, messages
 
     async def get_session(self, session_id: str, *, user_id: UserScope) -> SessionRecord:

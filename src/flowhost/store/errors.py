@@ -8,6 +8,7 @@ The tree::
     ├── InvalidServiceName     a service name is empty once sanitized to ``[a-z0-9_]``
     ├── SessionNotFound        no chat session with that id
     ├── SessionAccessDenied    the session belongs to another user
+    ├── SessionOfAnotherApp    the session holds another app's conversation
     └── TurnNotFound           no turn with that id in that session
 
 Driver exceptions (SQLAlchemy ``OperationalError``, ``OSError`` from a refused socket, ...) are
@@ -22,6 +23,7 @@ __all__ = [
     "InvalidStoreURL",
     "SessionAccessDenied",
     "SessionNotFound",
+    "SessionOfAnotherApp",
     "StoreError",
     "StoreUnavailable",
     "TurnNotFound",
@@ -62,6 +64,14 @@ class SessionAccessDenied(StoreError):
     def __init__(self, session_id: str) -> None:
         super().__init__(f"session {session_id!r} belongs to another user")
         self.session_id = session_id
+
+
+class SessionOfAnotherApp(StoreError):
+    """The session exists but holds another app's conversation."""
+
+    def __init__(self, session_id: str, app_id: str) -> None:
+        super().__init__(f"session {session_id!r} belongs to app {app_id!r}")
+        self.session_id, self.app_id = session_id, app_id
 
 
 class TurnNotFound(StoreError):
