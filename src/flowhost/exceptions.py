@@ -22,6 +22,7 @@ protocol has exactly one function that maps this tree to its own status code and
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = [
@@ -43,10 +44,22 @@ __all__ = [
 ]
 
 
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    )
+
+
 def one_line(message: str) -> str:
-    """``message`` for a log line: its line breaks escaped, so that text a client sent (and an
-    error quotes) cannot start a log line of its own."""
-    return message.replace("\r", "\\r").replace("\n", "\\n")
+    """``message`` for a log line: line breaks and other control characters (a terminal's
+    escape sequences) escaped, so that text a client sent (and an error quotes) can neither
+    start a log line of its own nor restyle the operator's terminal. Tabs stay."""
+    return message if message.isprintable() else _CONTROL.sub(_escape, message)
 
 
 class FlowhostError(Exception):

@@ -149,6 +149,14 @@ def test_unknown_and_malformed_trace_ids(examples_server: Any) -> None:
         assert "32 hex" in bad.text
 
 
+def test_a_time_bound_past_the_utc_range_is_a_400(examples_server: Any) -> None:
+    with httpx.Client(base_url=examples_server.url, headers=examples_server.headers) as c:
+        for query in ("since=9999-12-31T23:59:59-12:00", "until=0001-01-01T00:00:00%2B12:00"):
+            r = c.get(f"/api/v1/traces?{query}")
+            assert r.status_code == 400, r.text
+            assert r.json()["field"] == query.split("=")[0]
+
+
 def test_the_trace_api_needs_the_token_and_is_documented(examples_server: Any) -> None:
     assert httpx.get(f"{examples_server.url}/api/v1/traces").status_code == 401
     bad = httpx.get(f"{examples_server.url}/api/v1/traces", headers={"Authorization": "Bearer x"})

@@ -129,6 +129,20 @@ async def test_errors_are_problem_json(client: httpx.AsyncClient) -> None:
     )
     assert r.status_code == 400
     assert "metadata" in r.text
+    # form fields are JSON a client sent, as a body is: depth and number limits, no 500
+    hostile = [
+        ("metadata", "[" * 50_000 + "]" * 50_000, "nested deeper than 64"),
+        ("metadata", '{"n": ' + "9" * 5_000 + "}", "not valid JSON"),
+        ("tags", "[" * 50_000 + "]" * 50_000, "nested deeper than 64"),
+    ]
+    for field, value, says in hostile:
+        r = await client.post(
+            "/api/v1/knowledge/bases/dup/documents",
+            files={"file": ("a.txt", b"hello")},
+            data={field: value},
+        )
+        assert r.status_code == 400, r.text
+        assert (r.json()["field"], says in r.json()["detail"]) == (field, True)
     r = await client.post("/api/v1/knowledge/retrieve", json={"query": "x", "pipeline_ids": []})
     assert r.status_code == 400
     r = await client.post(

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from flowhost.config import Settings
-from flowhost.exceptions import ServiceUnavailable
+from flowhost.exceptions import ServiceUnavailable, one_line
 from flowhost.server import logs
 from flowhost.server.app import create_app
 from flowhost.server.errors import render_error
@@ -152,6 +152,12 @@ def test_a_failure_message_cannot_forge_a_log_line(
     assert not [x for x in lines if x.startswith(forged)]
     (line,) = [x for x in lines if reply.json()["request_id"] in x]
     assert f"ValueError: first\\n{forged}\\r\\nthird" in line
+
+
+def test_one_line_escapes_every_control_character_but_tab() -> None:
+    text = "a\nb\r\x1b[31mred\x00\x7f\x9b\u2028z\tt 中文"
+    assert one_line(text) == "a\\nb\\r\\x1b[31mred\\x00\\x7f\\x9b\\u2028z\tt 中文"
+    assert one_line("plain 中文") == "plain 中文"
 
 
 def test_a_5xx_outside_a_run_is_logged_on_one_line(caplog: pytest.LogCaptureFixture) -> None:

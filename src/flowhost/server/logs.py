@@ -5,9 +5,10 @@ Two formats, one line a record either way, the server's secrets scrubbed from bo
 keys), whoever logged the record and tracebacks included:
 
 - ``OneLineFormatter`` (``--log-format text``): uvicorn's ``LEVEL:    logger: message`` lines,
-  with line breaks in a message escaped (``one_line``), so that a message quoting what a client
-  sent (a document's name, a node's error) cannot start a line of its own; a traceback, appended
-  after the message, keeps its lines.
+  with line breaks and other control characters in a message escaped (``one_line``), so that a
+  message quoting what a client sent (a document's name, a node's error) can neither start a
+  line of its own nor send escape sequences to a terminal; a traceback, appended after the
+  message, keeps its lines.
 - ``JsonFormatter`` (``--log-format json``): one JSON object a line for a log collector:
   ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``, ``exception`` (the traceback)
   when there is one, and for uvicorn's access lines ``client``, ``method``, ``path``,
@@ -46,9 +47,7 @@ class OneLineFormatter(DefaultFormatter):
     """uvicorn's formatter, every message on one line and scrubbed (see the module)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        message = record.message
-        if "\n" in message or "\r" in message:
-            record.message = one_line(message)
+        record.message = one_line(record.message)
         return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:

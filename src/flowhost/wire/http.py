@@ -24,6 +24,7 @@ __all__ = [
     "client_headers",
     "get_service",
     "header_parameter",
+    "parse_json_text",
     "read_body",
     "read_json_object",
     "request_id",
@@ -114,17 +115,24 @@ async def read_body(request: Request) -> bytes:
             raise RunCanceled("the client disconnected before sending its whole request body")
 
 
+def parse_json_text(raw: bytes | str, field: str) -> Any:
+    """JSON text a client sent (a body, a form field), or InvalidInput (400) naming ``field``:
+    not JSON, nested deeper than ``MAX_JSON_DEPTH``, a 4300-digit number, bad UTF-8."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH and not _depth_ok(data):
+        raise InvalidInput(f"{field}: JSON nested deeper than {MAX_JSON_DEPTH} levels", field=field)
+    try:
+        return parse_json(data)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300+ digits
+        raise InvalidInput(f"{field}: not valid JSON: {exc}", field=field) from None
+
+
 async def read_json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object, or InvalidInput (400) saying what is wrong with it."""
     raw = await read_body(request)
     if not raw.strip():
         raise InvalidInput("request body is empty; send a JSON object", field="body")
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and not _depth_ok(raw):
-        raise InvalidInput(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", field="body")
-    try:
-        data = parse_json(raw)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300+ digits
-        raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from None
+    data = parse_json_text(raw, "body")
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object", field="body")
     return data

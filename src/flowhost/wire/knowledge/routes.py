@@ -6,7 +6,6 @@ flowhost exceptions and rendered by the app's handlers.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
@@ -16,7 +15,7 @@ from flowhost.exceptions import InvalidInput, PayloadTooLarge, ServiceUnavailabl
 from flowhost.knowledge.filters import RagOptions
 from flowhost.knowledge.records import BaseKind, Chunk, Document, Job, KnowledgeBase
 from flowhost.knowledge.references import doc_references
-from flowhost.wire.http import MAX_OFFSET
+from flowhost.wire.http import MAX_OFFSET, parse_json_text
 
 if TYPE_CHECKING:
     from flowhost.knowledge.service import KnowledgeService
@@ -127,10 +126,7 @@ def _tags(values: list[str]) -> list[str]:
     out: list[str] = []
     for v in values:
         if v.strip().startswith("["):
-            try:
-                parsed = json.loads(v)
-            except json.JSONDecodeError:
-                raise InvalidInput("tags: not a JSON list", field="tags") from None
+            parsed = parse_json_text(v, "tags")
             if not isinstance(parsed, list) or not all(isinstance(t, str) for t in parsed):
                 raise InvalidInput("tags: expected a list of strings", field="tags")
             out.extend(parsed)
@@ -142,10 +138,7 @@ def _tags(values: list[str]) -> list[str]:
 def _metadata(value: str | None) -> dict[str, Any]:
     if not value:
         return {}
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        raise InvalidInput("metadata: not a JSON object", field="metadata") from None
+    parsed = parse_json_text(value, "metadata")
     if not isinstance(parsed, dict):
         raise InvalidInput("metadata: expected a JSON object", field="metadata")
     return parsed

@@ -38,10 +38,13 @@ async def _repository(request: Request) -> TraceRepository:
     return tracing.repository
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def _utc(value: datetime | None, field: str) -> datetime | None:
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-12:00 is past the last datetime in UTC
+        raise InvalidInput(f"{field}: out of range in UTC", field=field) from None
 
 
 @router.get("", response_model=TraceList, summary="List traces (one per run), newest first")
@@ -64,8 +67,8 @@ async def list_traces(
         session_id=session_id,
         run_id=run_id,
         status=status,
-        since=_utc(since),
-        until=_utc(until),
+        since=_utc(since, "since"),
+        until=_utc(until, "until"),
     )
     try:
         records, total = await repo.list_runs(query, limit=limit, offset=offset)
