@@ -158,6 +158,22 @@ def test_documents_have_a_text_and_a_time_limit(monkeypatch: pytest.MonkeyPatch)
         parse_document("slow.html", b"<p>" + b"<a" * 40_000)
 
 
+def test_a_zip_that_expands_too_far_is_refused_before_it_is_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flowhost.knowledge import parsing
+
+    monkeypatch.setattr(parsing, "MAX_UNZIPPED_BYTES", 2**20)
+    bomb = make_docx("T", ["x" * 2**20])  # compresses to a few KB
+    assert len(bomb) < 2**16
+    with pytest.raises(ParseError, match="expands to more than 1 MiB"):
+        parse_document("bomb.docx", bomb)
+    with pytest.raises(ParseError, match="expands to more than 1 MiB"):
+        parse_table("bomb.xlsx", make_xlsx([["a"]] + [[f"{i}" + "x" * 30_000] for i in range(40)]))
+    with pytest.raises(ParseError, match=r"not a readable \.docx"):
+        parse_document("junk.docx", b"not a zip")
+
+
 def test_html_is_read_in_linear_time() -> None:
     # html.parser (the standard library's) took 90 s for 320 KB of "<a<a<a..."; 4 MB here
     sections = parse_document("a.html", b"<h1>T</h1><p>kept</p>" + b"<a" * 2_000_000)

@@ -40,6 +40,7 @@ MAX_COLUMNS = 128
 MAX_ROWS = 100_000  # rows of a table (each becomes a chunk)
 MAX_CELLS = 2_000_000  # rows x columns of a table
 MAX_TEXT_CHARS = 10_000_000  # characters of text extracted from a document
+MAX_UNZIPPED_BYTES = 100 * 1024 * 1024  # what a .docx / .xlsx (a zip) may expand to
 MAX_PDF_PAGES = 5_000
 PARSE_SECONDS = 120.0  # parsing one document (checked between pages, paragraphs, pieces)
 _HTML_FEED = 1_048_576  # characters the HTML parser is fed at a time (deadline checked between)
@@ -208,12 +209,27 @@ def _pdf(data: bytes, budget: _Budget) -> list[Section]:
     return [Section(t.strip(), "", i + 1) for i, t in enumerate(pages) if t.strip()]
 
 
+def _check_unzipped(data: bytes, kind: str) -> None:
+    """Refuse a zip (.docx, .xlsx) that expands past MAX_UNZIPPED_BYTES before anything
+    parses it: its XML would be held in memory whole (a 345 KB .docx took 1.7 GB)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            size = sum(item.file_size for item in archive.infolist())
+    except zipfile.BadZipFile as exc:
+        raise ParseError(f"not a readable .{kind} file: {exc}") from exc
+    if size > MAX_UNZIPPED_BYTES:
+        raise ParseError(f"the .{kind} file expands to more than {MAX_UNZIPPED_BYTES // 2**20} MiB")
+
+
 def _docx(data: bytes, budget: _Budget) -> list[Section]:
     import zipfile
 
     import docx
     from docx.opc.exceptions import PackageNotFoundError
 
+    _check_unzipped(data, "docx")
     try:
         document = docx.Document(io.BytesIO(data))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
@@ -330,6 +346,7 @@ def parse_table(name: str, data: bytes) -> Table:
         import openpyxl
         from openpyxl.utils.exceptions import InvalidFileException
 
+        _check_unzipped(data, "xlsx")
         try:
             book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
         except (InvalidFileException, zipfile.BadZipFile, KeyError, ValueError) as exc:
