@@ -239,28 +239,20 @@ async def test_progress_and_total_are_written_while_a_job_runs(
         assert {r["total"] for r in reported if "progress" in r} == {chunks}
 
 
-class GatedEmbedder:
-    """Holds its ``gate_on``-th call until ``release`` is set (``reached`` says it is there)."""
+class GatedEmbedder(FailingEmbedder):
+    """Holds its ``fail_on``-th call (instead of failing it) until ``release`` is set
+    (``reached`` says it is there)."""
 
     def __init__(self, inner: Any, gate_on: int) -> None:
-        self.inner, self.model, self.connection = inner, inner.model, inner.connection
-        self.parallel = 1
-        self.calls = 0
-        self.gate_on = gate_on
+        super().__init__(inner, fail_on=gate_on)
         self.reached, self.release = asyncio.Event(), asyncio.Event()
-
-    async def dim(self) -> int:
-        return int(await self.inner.dim())
 
     async def embed(self, texts: Sequence[str]) -> Any:
         self.calls += 1
-        if self.calls == self.gate_on:
+        if self.calls == self.fail_on:
             self.reached.set()
             await self.release.wait()
         return await self.inner.embed(texts)
-
-    async def aclose(self) -> None:
-        return None
 
 
 async def test_a_document_deleted_while_indexing_leaves_no_chunk_and_stops_its_job(
