@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
+from pydantic import BaseModel, ValidationInfo
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -24,6 +25,7 @@ __all__ = [
     "client_headers",
     "get_service",
     "header_parameter",
+    "null_is_the_default",
     "parse_json_text",
     "read_body",
     "read_json_object",
@@ -125,6 +127,14 @@ def parse_json_text(raw: bytes | str, field: str) -> Any:
         return parse_json(data)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300+ digits
         raise InvalidInput(f"{field}: not valid JSON: {exc}", field=field) from None
+
+
+def null_is_the_default(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A ``mode="before"`` field validator: an explicit JSON null means the field's default,
+    as an absent field does (``field_validator("f", mode="before")(null_is_the_default)``)."""
+    if value is None and info.field_name is not None:
+        return cls.model_fields[info.field_name].get_default(call_default_factory=True)
+    return value
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:

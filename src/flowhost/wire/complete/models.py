@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from flowhost.wire.http import null_is_the_default
 
 
 class ResponseConfigModel(BaseModel):
@@ -28,14 +30,8 @@ class RunBody(BaseModel):
         None, description="knowledge-base retrieval filters (Bailian's rag_options)"
     )
 
-    @field_validator("inputs", "stream", mode="before")
-    @classmethod
-    def _null_is_the_default(cls, value: Any, info: ValidationInfo) -> Any:
-        """Seed 000 gives ``inputs`` the default None ("ignored" for a flow without inputs):
-        an explicit null means the default, as an absent field does."""
-        if value is None and info.field_name is not None:
-            return cls.model_fields[info.field_name].get_default(call_default_factory=True)
-        return value
+    # seed 000 gives inputs the default None ("ignored" for a flow without inputs)
+    nulls_are_defaults = field_validator("inputs", "stream", mode="before")(null_is_the_default)
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowhost.knowledge.filters import RagOptions
+from flowhost.wire.http import null_is_the_default
 
 __all__ = [
     "AppError",
@@ -58,10 +59,7 @@ class AppRequest(_Lenient):
     parameters: AppParameters = Field(default_factory=AppParameters)
     debug: dict[str, Any] | None = None
 
-    @field_validator("parameters", mode="before")
-    @classmethod
-    def _null_parameters(cls, value: Any) -> Any:
-        return AppParameters() if value is None else value
+    nulls_are_defaults = field_validator("parameters", mode="before")(null_is_the_default)
 
 
 class ModelUsageItem(BaseModel):
