@@ -1,4 +1,5 @@
-"""Knowledge-base benchmark: filtered retrieval at 100k chunks, and ingestion throughput.
+"""Knowledge-base benchmark: filtered retrieval at 100k chunks, ingestion throughput, and the
+server's event loop while a document is read.
 
 ``python -m bench.knowledge [--chunks 100000] [--queries 50] [--docs 60]``
 
@@ -26,18 +27,26 @@
    processes); then 3 rounds, the model then the service, each on a new base, and the round
    with the median ratio is reported. Target: ingestion chunks/s >= 80% of the model's chunks/s.
 
+3. Serving while a document is read: the event loop's lag (a 1 ms sleep, again and again, minus
+   1 ms) while ``units_of`` reads a ~6 MB markdown document in a thread of this process (as
+   with ``PARSE_PROCESSES=0``) and in a parsing process (``Processes``, as the service does),
+   taking turns, 3 rounds; medians. No target: it shows what a request waits for at each
+   await while a document is read beside it.
+
 ``run(...) -> dict`` returns the figures (and ``ok``) for the bench runner.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -259,8 +268,9 @@ def _documents(count: int, rng: np.random.Generator) -> list[tuple[str, bytes]]:
 async def _ingestion(docs: int, workdir: Path) -> dict[str, Any]:
     from flowhost.config import Settings
     from flowhost.knowledge.chunking import chunk_sections
-    from flowhost.knowledge.embedding import LocalEmbedder, cpus
+    from flowhost.knowledge.embedding import LocalEmbedder
     from flowhost.knowledge.parsing import parse_document
+    from flowhost.knowledge.processes import cpus
     from flowhost.knowledge.service import KnowledgeService
     from flowhost.store import Store
 
@@ -335,6 +345,87 @@ async def _ingestion(docs: int, workdir: Path) -> dict[str, Any]:
     }
 
 
+async def _loop_lag(work: Callable[[], Awaitable[object]]) -> dict[str, float]:
+    """``work``'s wall time, and the event loop's lag around it (see the module)."""
+    lags: list[float] = []
+    done = False
+
+    async def ticker() -> None:
+        while not done:
+            start = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append((time.perf_counter() - start - 0.001) * 1000)
+
+    task = asyncio.create_task(ticker())
+    start = time.perf_counter()
+    await work()
+    elapsed = time.perf_counter() - start
+    done = True
+    await task
+    lags.sort()
+    return {
+        "read_s": elapsed,
+        "lag_p50_ms": statistics.median(lags),
+        "lag_p99_ms": lags[int(len(lags) * 0.99)],
+    }
+
+
+async def _reading() -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    import anyio
+
+    from flowhost.knowledge.ingest import units_of
+    from flowhost.knowledge.processes import Processes
+    from flowhost.knowledge.records import Document, EmbeddingInfo, KnowledgeBase
+
+    now = datetime.now(UTC)
+    base = KnowledgeBase(
+        pipeline_id="b",
+        name="b",
+        type="unstructured",
+        embedding=EmbeddingInfo(model="m", dim=DIM),
+        chunk_size=600,
+        chunk_overlap=80,
+        space="s",
+        created_at=now,
+        updated_at=now,
+    )
+    doc = Document(
+        file_id="f",
+        pipeline_id="b",
+        name="big.md",
+        file_type="md",
+        size=0,
+        sha256="",
+        status="pending",
+        created_at=now,
+        updated_at=now,
+    )
+    sentence = "水壶烧水的时候会发出声音。The kettle whistles when the water boils, then stops. "
+    content = "".join(f"# 标题 {i}\n\n{sentence * 20}\n\n" for i in range(3000)).encode()
+    parsers = Processes(1, what="parsing", time_limit=600)
+    runs: dict[str, list[dict[str, float]]] = {"thread": [], "process": []}
+    try:
+        await parsers.call(len, b"")  # started, as after the first document
+        for _ in range(ROUNDS):
+            runs["thread"].append(
+                await _loop_lag(lambda: anyio.to_thread.run_sync(units_of, base, doc, content))
+            )
+            runs["process"].append(
+                await _loop_lag(lambda: parsers.call(units_of, base, doc, content))
+            )
+    finally:
+        await parsers.close()
+    return {
+        "document_mb": round(len(content) / 1e6, 1),
+        **{
+            where: {k: round(statistics.median(r[k] for r in rs), 3) for k in rs[0]}
+            for where, rs in runs.items()
+        },
+    }
+
+
 def run(
     chunks: int = 100_000, queries: int = 50, docs: int = 60, text: str = "uniform"
 ) -> dict[str, Any]:
@@ -346,6 +437,7 @@ def run(
         # makes 4-5 of them).
         retrieval = uvloop.run(_retrieval(chunks, queries, workdir, text))
         ingestion = uvloop.run(_ingestion(docs, workdir))
+        reading = uvloop.run(_reading())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     shapes_ok = all(
@@ -355,6 +447,7 @@ def run(
         "speed_reference": speed_reference(),  # the 10 ms target moves with the machine
         "retrieval": retrieval,
         "ingestion": ingestion,
+        "reading": reading,
         "ok": shapes_ok and ingestion["ratio"] >= 0.8,
     }
 

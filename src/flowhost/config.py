@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     kb_ingest_jobs: int = Field(
         4, ge=1, le=64, description="indexing jobs a process runs at once (one per document)"
     )
+    parse_processes: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="processes reading (parsing and chunking) documents "
+        "[KB_INGEST_JOBS, at most one per CPU]; 0: threads of the server process",
+    )
 
     # tracing (flowhost.tracing): spans per run and node, OTLP export via OTEL_EXPORTER_OTLP_*
     enable_tracing: bool = Field(True, description="record a trace of every run")

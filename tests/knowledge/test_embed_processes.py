@@ -12,7 +12,8 @@ import pytest
 
 from flowhost.config import Settings
 from flowhost.knowledge import KnowledgeService, embedding
-from flowhost.knowledge.embedding import POOL_IDLE_S, LocalEmbedder
+from flowhost.knowledge.embedding import LocalEmbedder
+from flowhost.knowledge.processes import IDLE_S, cpus
 from flowhost.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +38,7 @@ def _slow_pid() -> int:
     return os.getpid()
 
 
-def _fail_to_start(parent: int) -> None:
+def _fail_to_start() -> None:
     raise RuntimeError("this process cannot embed")
 
 
@@ -105,7 +106,7 @@ async def test_without_processes_documents_embed_in_threads(
 ) -> None:
     """Processes that cannot start (here: their start-up fails) leave the documents to
     threads of this process, from then on."""
-    monkeypatch.setattr(embedding, "_start_worker", _fail_to_start)
+    monkeypatch.setattr(embedding, "_load_model", _fail_to_start)
     async with contextlib.aclosing(LocalEmbedder(processes=2)) as embedder:
         got = await embedder.embed_documents(TEXTS[:5])
         assert np.allclose(got, embedder.embed_sync(TEXTS[:5]), atol=1e-5)
@@ -118,7 +119,7 @@ async def test_idle_processes_stop_and_start_again() -> None:
         pool = embedder._pool
         assert pool is not None
         (first,) = await _pids(embedder)
-        pool._last_call -= POOL_IDLE_S + 1  # as if a minute went by without calls
+        pool._last_call -= IDLE_S + 1  # as if a minute went by without calls
         pool._check_idle()
         assert not pool.running
         got = await embedder.embed_documents(TEXTS[:3])  # starts one again
@@ -131,7 +132,7 @@ def test_blas_threads_follow_the_embedder_never_the_models_default() -> None:
     times slower on 2 CPUs. Queries use every CPU; documents in this process run one thread
     each (several at once); so do the embedding processes."""
     for embedder, want in (
-        (LocalEmbedder(), embedding.cpus()),
+        (LocalEmbedder(), cpus()),
         (LocalEmbedder(processes=0), 1),
         (LocalEmbedder(threads=3), 3),
     ):

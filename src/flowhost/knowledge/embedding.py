@@ -8,15 +8,9 @@ SDK. Every embedder returns L2-normalized float32 rows, so cosine similarity is 
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import multiprocessing
-import os
 import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
 import anyio
@@ -24,17 +18,16 @@ import numpy as np
 import numpy.typing as npt
 
 from flowhost.exceptions import InvalidInput
+from flowhost.knowledge.processes import Processes, ProcessesStopped, cpus
 from flowhost.llm.connections import Connection
 
 __all__ = [
     "DEFAULT_MODEL",
-    "POOL_IDLE_S",
     "Embedder",
     "EmbeddingError",
     "LocalEmbedder",
     "OpenAIEmbedder",
     "Vectors",
-    "cpus",
     "normalize_rows",
 ]
 
@@ -46,10 +39,6 @@ Vectors = npt.NDArray[np.float32]
 
 class EmbeddingError(Exception):
     """An embedding call failed (endpoint error, wrong dimension, ...)."""
-
-
-class _NoProcess(EmbeddingError):
-    """An embedding process could not start."""
 
 
 class Embedder(Protocol):
@@ -95,113 +84,13 @@ def _shared_model(threads: int) -> Any:
         return use
 
 
-def cpus() -> int:
-    """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-POOL_IDLE_S = 60.0  # embedding processes without a call for this long stop
-
-
-def _start_worker(parent: int) -> None:
-    """In an embedding process: the model loaded, BLAS single-threaded (one process per CPU),
-    and an end to the process if the server is killed (nothing else would tell it)."""
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+def _load_model() -> None:
+    """In an embedding process: the model loaded, BLAS single-threaded (one process per CPU)."""
     _shared_model(1)
-
-
-def _exit_with(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(0)
 
 
 def _embed_in_worker(texts: list[str]) -> Vectors:
     return normalize_rows(_shared_model(1).encode(texts))
-
-
-class _EmbedProcesses:
-    """``size`` embedding processes (a ``ProcessPoolExecutor``), one model and single-threaded
-    BLAS each.
-
-    Documents embed in parallel without contending with the server for its GIL (the
-    tokenizer is pure Python, and numpy takes the GIL between operations: in threads, two
-    embeddings next to a busy event loop ran at about half speed). The processes start with
-    the first call (about a second: each loads the model, about 180 MB) and stop after
-    ``POOL_IDLE_S`` without calls. A process that dies breaks the pool: the call is retried
-    once on a new one.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._pool: ProcessPoolExecutor | None = None
-        self._calls = 0  # in flight
-        self._last_call = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # spawn: a fork of a threaded server could inherit a held lock
-            context = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(
-                self.size, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
-            )
-            # The executor starts a process for a call that finds none idle: calls submitted
-            # together start them all now, rather than one in the middle of the work.
-            for _ in range(self.size):
-                pool.submit(os.getpid)
-            self._pool = pool
-        return self._pool
-
-    async def embed(self, texts: list[str]) -> Vectors:
-        loop = asyncio.get_running_loop()
-        self._calls += 1
-        try:
-            for attempt in (1, 2):
-                pool = self._executor()
-                try:
-                    return await loop.run_in_executor(pool, _embed_in_worker, texts)
-                except BrokenProcessPool as exc:  # a process died (or could not start)
-                    self._discard(pool)
-                    if attempt == 2:
-                        raise _NoProcess(f"the embedding processes stopped: {exc}") from exc
-                except Exception as exc:  # the model failed on these texts
-                    raise EmbeddingError(f"the packaged model failed: {exc}") from exc
-            raise AssertionError("unreachable")
-        finally:
-            self._calls -= 1
-            self._last_call = time.monotonic()
-            if self._timer is None:
-                self._timer = loop.call_later(POOL_IDLE_S, self._check_idle)
-
-    def _discard(self, pool: ProcessPoolExecutor) -> None:
-        if self._pool is pool:
-            self._pool = None
-        pool.shutdown(wait=False, cancel_futures=True)
-
-    def _check_idle(self) -> None:
-        self._timer = None
-        idle = time.monotonic() - self._last_call
-        loop = asyncio.get_running_loop()
-        if self._calls or idle < POOL_IDLE_S:
-            self._timer = loop.call_later(max(1.0, POOL_IDLE_S - idle), self._check_idle)
-        elif self._pool is not None:
-            pool, self._pool = self._pool, None
-            # joining the processes takes a moment: not on the event loop
-            loop.run_in_executor(None, pool.shutdown)
-
-    @property
-    def running(self) -> bool:
-        return self._pool is not None
-
-    async def close(self) -> None:
-        """Stop the processes (a call in hand fails)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await anyio.to_thread.run_sync(lambda: pool.shutdown(cancel_futures=True))
 
 
 class LocalEmbedder:
@@ -232,7 +121,14 @@ class LocalEmbedder:
             )
         self.model = model
         self.parallel = max(1, processes or cpus())
-        self._pool = _EmbedProcesses(self.parallel) if processes != 0 else None
+        # Documents embed in processes of their own (see ``processes``): in threads, two
+        # embeddings next to a busy event loop ran at about half speed. They start with the
+        # first call (about a second: each loads the model, about 180 MB).
+        self._pool = (
+            Processes(self.parallel, what="embedding", initializer=_load_model)
+            if processes != 0
+            else None
+        )
         # The model's matrices are small (a few hundred tokens a micro-batch): BLAS threads
         # mostly spin on them (2 threads: 1.2-1.5x faster for 1.3-2x the CPU on 2 cores, and
         # much slower when anything else wants a core). Several document calls at once in this
@@ -261,12 +157,14 @@ class LocalEmbedder:
             return np.zeros((0, DEFAULT_DIM), dtype=np.float32)
         if self._pool is not None:
             try:
-                return await self._pool.embed(list(texts))
-            except (OSError, _NoProcess) as exc:  # no processes here: threads, from now on
+                return await self._pool.call(_embed_in_worker, list(texts))
+            except (OSError, ProcessesStopped) as exc:  # no processes here: threads, from now on
                 log.warning("embedding documents in threads: no embedding process (%s)", exc)
                 await self._pool.close()
                 self._pool = None
                 self._threads, self._use = 1, None
+            except Exception as exc:  # the model failed on these texts
+                raise EmbeddingError(f"the packaged model failed: {exc}") from exc
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.parallel)
         return await anyio.to_thread.run_sync(self.embed_sync, list(texts), limiter=self._limiter)

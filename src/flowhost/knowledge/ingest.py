@@ -1,4 +1,5 @@
-"""One indexing job: parse, chunk, embed in batches (off the event loop), write, index.
+"""One indexing job: parse and chunk (in a process), embed in batches (off the event loop), write,
+index.
 
 A failure (unreadable file, embedding endpoint down, ...) marks the job and the document
 failed with the reason and removes the file's partial chunks; the base stays usable.
@@ -20,6 +21,7 @@ from flowhost.exceptions import NotFound
 from flowhost.knowledge.chunking import chunk_sections
 from flowhost.knowledge.filters import meta_label, structured_label, tag_label
 from flowhost.knowledge.parsing import ParseError, parse_document, parse_table
+from flowhost.knowledge.processes import CallTimedOut, ProcessesStopped
 from flowhost.knowledge.records import Document, Job, KnowledgeBase, utcnow
 from flowhost.knowledge.vectorstore import MAX_LABELS, ChunkRow
 
@@ -45,7 +47,8 @@ class Unit:
 
 
 def units_of(base: KnowledgeBase, doc: Document, content: bytes) -> tuple[list[Unit], list[str]]:
-    """Chunks of a document (blocking; run in a thread). Returns (units, table columns)."""
+    """Chunks of a document (blocking; run in a parsing process). Returns (units, table
+    columns)."""
     if base.type == "structured":
         table = parse_table(doc.name, content)
         units = []
@@ -81,6 +84,33 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+async def _read(
+    svc: KnowledgeService, base: KnowledgeBase, doc: Document, content: bytes
+) -> tuple[list[Unit], list[str]]:
+    """``units_of`` in a parsing process (``svc.parsers``), or in a thread when there are none.
+
+    In a thread, reading a document (pure Python, mostly) holds the server's GIL for as long
+    as it lasts, and a parser stuck inside one page cannot be stopped; a process is killed
+    once its call outlives ``parsers.time_limit`` (``parsing.PARSE_HARD_LIMIT_S``). A document that kills its process
+    (twice: the call is retried once) fails, rather than being read again in the server."""
+    parsers = svc.parsers
+    if parsers is not None:
+        try:
+            return await parsers.call(units_of, base, doc, content)
+        except CallTimedOut as exc:
+            limit = parsers.time_limit
+            raise ParseError(
+                f"reading the document took longer than {limit:g} s and was stopped"
+            ) from exc
+        except ProcessesStopped as exc:
+            raise ParseError("the process reading the document stopped (out of memory?)") from exc
+        except OSError as exc:  # no process can start here: threads, from now on
+            log.warning("reading documents in threads: no parsing process (%s)", exc)
+            svc.parsers = None
+            await parsers.close()
+    return await anyio.to_thread.run_sync(units_of, base, doc, content)
+
+
 async def run_job(svc: KnowledgeService, job: Job) -> None:
     """Index the job's document. Records success or failure; raises only on cancellation.
 
@@ -99,7 +129,7 @@ async def run_job(svc: KnowledgeService, job: Job) -> None:
         if content is None:
             raise NotFound(f"the content of document {doc.file_id!r} is gone")
         embedder = await svc.embedder_for(base)
-        units, columns = await anyio.to_thread.run_sync(units_of, base, doc, content)
+        units, columns = await _read(svc, base, doc, content)
         if columns:
             await repo.extend_base_keys(base.pipeline_id, columns=columns)
         await svc.vectors.ensure_space(space, base.embedding.dim)

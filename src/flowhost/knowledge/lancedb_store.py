@@ -42,8 +42,8 @@ import numpy as np
 import pyarrow as pa
 
 from flowhost.jsontext import compact_json, parse_json
-from flowhost.knowledge.embedding import cpus
 from flowhost.knowledge.filters import StoreFilter
+from flowhost.knowledge.processes import cpus
 from flowhost.knowledge.vectorstore import RRF_K, ChunkRow, Hit, SearchResult
 
 log = logging.getLogger("flowhost.knowledge")

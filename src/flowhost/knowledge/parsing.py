@@ -3,7 +3,7 @@
 Formats: ``.txt``, ``.md``, ``.html``/``.htm`` (lxml's HTML parser, libxml2), ``.pdf``
 (pypdf, one section per page), ``.docx`` (python-docx, headings start sections), and for
 structured bases ``.csv`` (the ``csv`` module) and ``.xlsx`` (openpyxl, first sheet). Parsing is
-synchronous and CPU-bound: the job worker runs it in a thread.
+synchronous and CPU-bound: the job worker runs it in a process of its own (``ingest``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import PurePath
 from typing import Any
 
 __all__ = [
+    "PARSE_HARD_LIMIT_S",
     "STRUCTURED_TYPES",
     "UNSTRUCTURED_TYPES",
     "ParseError",
@@ -43,6 +44,9 @@ MAX_TEXT_CHARS = 10_000_000  # characters of text extracted from a document
 MAX_UNZIPPED_BYTES = 100 * 1024 * 1024  # what a .docx / .xlsx (a zip) may expand to
 MAX_PDF_PAGES = 5_000
 PARSE_SECONDS = 120.0  # parsing one document (checked between pages, paragraphs, pieces)
+# A parsing process still busy this long after its document's start is killed: the budget above
+# is only checked between pieces, and a parser can be stuck inside one (ingest, processes).
+PARSE_HARD_LIMIT_S = PARSE_SECONDS + 30.0
 _HTML_FEED = 1_048_576  # characters the HTML parser is fed at a time (deadline checked between)
 
 

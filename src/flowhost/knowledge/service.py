@@ -23,7 +23,13 @@ from flowhost.knowledge import retrieval
 from flowhost.knowledge.embedding import DEFAULT_MODEL, Embedder, LocalEmbedder, OpenAIEmbedder
 from flowhost.knowledge.filters import ID_RULE, RagOptions, normalize_value
 from flowhost.knowledge.jobs import JobWorker
-from flowhost.knowledge.parsing import STRUCTURED_TYPES, UNSTRUCTURED_TYPES, file_type
+from flowhost.knowledge.parsing import (
+    PARSE_HARD_LIMIT_S,
+    STRUCTURED_TYPES,
+    UNSTRUCTURED_TYPES,
+    file_type,
+)
+from flowhost.knowledge.processes import Processes, cpus
 from flowhost.knowledge.records import BaseKind, Chunk, Document, Job, KnowledgeBase
 from flowhost.knowledge.repository import KnowledgeRepository
 from flowhost.knowledge.vectorstore import VectorStore
@@ -59,6 +65,13 @@ class KnowledgeService:
         self._connections: ConnectionRegistry | None = None
         self._worker = JobWorker(
             self.repo, self._run_job, idle=self.maintain, concurrency=settings.kb_ingest_jobs
+        )
+        parsers = settings.parse_processes
+        if parsers is None:
+            parsers = min(settings.kb_ingest_jobs, cpus())
+        # reading a document: in processes of its own, stopped past its time (see ingest)
+        self.parsers: Processes | None = (
+            Processes(parsers, what="parsing", time_limit=PARSE_HARD_LIMIT_S) if parsers else None
         )
         self._dirty: set[str] = set()
         self._started = False
@@ -106,6 +119,8 @@ class KnowledgeService:
 
     async def close(self) -> None:
         await self._worker.close()
+        if self.parsers is not None:
+            await self.parsers.close()
         for embedder in self._embedders.values():
             await embedder.aclose()
         self._embedders.clear()

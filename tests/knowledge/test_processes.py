@@ -1,0 +1,142 @@
+"""Worker processes (``flowhost.knowledge.processes``) and documents read in them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from flowhost.config import Settings
+from flowhost.knowledge import KnowledgeService
+from flowhost.knowledge.processes import CallTimedOut, Processes
+from flowhost.store import Store
+
+pytestmark = pytest.mark.anyio
+
+
+def _pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _announce_then_hang(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(3600)
+
+
+def _fail() -> None:
+    raise ValueError("the function's own error")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def _until_dead(pid: int) -> bool:
+    """Polls the process table (a killed process is reaped by its pool's thread)."""
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return not _alive(pid)
+
+
+async def test_a_call_past_its_time_limit_is_stopped_with_its_process(tmp_path: Path) -> None:
+    procs = Processes(1, what="testing", time_limit=1.0)
+    try:
+        await procs.call(os.getpid)  # the process is up: the limit is the call's own
+        marker = tmp_path / "pid"
+        with pytest.raises(CallTimedOut, match="testing took longer than 1 s and was stopped"):
+            await procs.call(_announce_then_hang, str(marker))
+        assert await _until_dead(int(marker.read_text()))
+        assert not procs.running
+        assert await procs.call(_pid_after, 0) != int(marker.read_text())  # a new process
+    finally:
+        await procs.close()
+
+
+async def test_calls_wait_for_a_free_process_not_in_the_pool() -> None:
+    """More calls than processes: each one's time starts when a process takes it (three
+    calls of 0.6 s on two processes take 1.2 s; the third must not time out at 1 s)."""
+    procs = Processes(2, what="testing", time_limit=1.0)
+    try:
+        await asyncio.gather(procs.call(os.getpid), procs.call(os.getpid))
+        pids = await asyncio.gather(*(procs.call(_pid_after, 0.6) for _ in range(3)))
+        assert len(set(pids)) == 2
+        assert os.getpid() not in pids
+    finally:
+        await procs.close()
+
+
+async def test_the_functions_own_error_is_raised_and_the_process_stays() -> None:
+    procs = Processes(1, what="testing", time_limit=5.0)
+    try:
+        first = await procs.call(os.getpid)
+        with pytest.raises(ValueError, match="the function's own error"):
+            await procs.call(_fail)
+        assert await procs.call(os.getpid) == first
+    finally:
+        await procs.close()
+
+
+async def test_a_cancelled_call_with_a_limit_is_stopped(tmp_path: Path) -> None:
+    procs = Processes(1, what="testing", time_limit=60.0)
+    try:
+        marker = tmp_path / "pid"
+        call = asyncio.ensure_future(procs.call(_announce_then_hang, str(marker)))
+        while not marker.exists() or not marker.read_text():
+            await asyncio.sleep(0.01)  # polls for the call to be running in its process
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        assert await _until_dead(int(marker.read_text()))
+        assert await procs.call(os.getpid) != int(marker.read_text())
+    finally:
+        await procs.close()
+
+
+async def test_documents_are_read_in_a_process_and_one_read_too_long_fails(
+    kb_settings: Settings, store: Store
+) -> None:
+    svc = KnowledgeService(kb_settings.model_copy(update={"parse_processes": 1}), store)
+    await svc.start()
+    try:
+        assert svc.parsers is not None
+        base = await svc.create_base("b")
+        doc, _, _ = await svc.add_document(base.pipeline_id, "a.md", b"# Kettles\n\nThey boil.")
+        await svc.wait_idle()
+        assert (await svc.get_document(doc.file_id)).status == "completed"
+        assert svc.parsers.running  # read there, not in a thread
+        svc.parsers.time_limit = 0.001  # no document is read that fast, process start included
+        await svc.parsers.close()
+        slow, job, _ = await svc.add_document(base.pipeline_id, "b.txt", b"Kettles whistle.")
+        assert job is not None
+        await svc.wait_idle()
+        failed = await svc.get_job(job.job_id)
+        assert failed.status == "failed"
+        assert failed.error == "reading the document took longer than 0.001 s and was stopped"
+        assert (await svc.get_document(slow.file_id)).status == "failed"
+    finally:
+        await svc.close()
+
+
+async def test_without_parse_processes_documents_are_read_in_threads(
+    kb_settings: Settings, store: Store
+) -> None:
+    svc = KnowledgeService(kb_settings.model_copy(update={"parse_processes": 0}), store)
+    await svc.start()
+    try:
+        assert svc.parsers is None
+        base = await svc.create_base("b")
+        doc, _, _ = await svc.add_document(base.pipeline_id, "a.md", b"# Kettles\n\nThey boil.")
+        await svc.wait_idle()
+        assert (await svc.get_document(doc.file_id)).status == "completed"
+    finally:
+        await svc.close()
