@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     body_timeout: float = Field(30.0, gt=0, description="seconds a request body may take (408)")
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="bytes a request line and headers may take (431)"
+    )
+    header_timeout: float = Field(
+        30.0, gt=0, description="seconds a request's headers may take from its first byte (408)"
+    )
     node_timeout: float = Field(600.0, gt=0)
     data_dir: Path = Path(".flowhost")
     database_url: SecretStr | None = None

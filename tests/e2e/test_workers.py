@@ -75,3 +75,20 @@ def test_workers_share_sqlite_history(server_factory: Callable[..., Server]) -> 
         (history,) = [t for t in tables if t.startswith("flowhost_chat_history_")]
         assert db.execute(f"SELECT count(*) FROM {history}").fetchone() == (SESSIONS * total,)
     db.close()
+
+
+def test_workers_limit_request_heads(server_factory: Callable[..., Server]) -> None:
+    """The head limits reach worker processes (uvicorn pickles the config to them)."""
+    env = {"FLOWHOST_MAX_HEADER_BYTES": "2048"}
+    server = server_factory(ECHO, "--workers", "2", env=env)
+    poll(
+        lambda: server.output().count("Application startup complete.") >= 2 or None,
+        timeout=60.0,
+        what="both workers to start",
+    )
+    for _ in range(6):  # new connections: the kernel spreads them over the workers
+        with httpx.Client(base_url=server.url, timeout=15.0) as c:
+            r = c.get("/health", headers={"X-Big": "a" * 4096})
+            assert r.status_code == 431, r.text
+            assert r.json()["code"] == "RequestHeaderFieldsTooLarge"
+            assert c.get("/health").status_code == 200

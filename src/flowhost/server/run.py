@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import json
@@ -21,6 +22,7 @@ from flowhost.config import Settings
 from flowhost.metrics import MULTIPROC_ENV  # metrics
 from flowhost.server.app import create_app
 from flowhost.server.logs import JsonFormatter, OneLineFormatter
+from flowhost.server.protocol import ServerConfig
 
 __all__ = ["app_from_env", "log_config", "serve", "settings_json"]
 
@@ -93,7 +95,7 @@ def log_config(level: str, log_format: str = "text") -> dict[str, Any]:
     return config
 
 
-def _run_workers(config: uvicorn.Config) -> None:
+def _run_workers(config: ServerConfig) -> None:
     """``uvicorn.run`` with ``workers > 1``, but a worker that fails to start (the database
     unreachable, say) ends the parent with uvicorn's start-up failure status, as one process
     does: uvicorn's supervisor stops the parent then and exits 0, which tells a process manager
@@ -112,6 +114,8 @@ def serve(settings: Settings) -> None:
         "log_config": log_config(settings.log_level, settings.log_format),
         "access_log": settings.access_log,
         "timeout_graceful_shutdown": settings.graceful_timeout,
+        "max_header_bytes": settings.max_header_bytes,  # see flowhost.server.protocol
+        "header_timeout": settings.header_timeout,
         "server_header": False,
         # flowhost has no WebSocket route: do not import a WebSocket protocol at start
         "ws": "none",
@@ -126,7 +130,7 @@ def serve(settings: Settings) -> None:
             os.environ[MULTIPROC_ENV] = own_dir
         try:
             _run_workers(
-                uvicorn.Config(
+                ServerConfig(
                     "flowhost.server.run:app_from_env",
                     factory=True,
                     workers=settings.workers,
@@ -139,4 +143,8 @@ def serve(settings: Settings) -> None:
     else:
         app = create_app(settings)
         _settle_gc()
-        uvicorn.run(app, **common)
+        server = uvicorn.Server(ServerConfig(app, **common))
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during the shutdown
+            server.run()
+        if not server.started:  # as uvicorn.run: the start failed (logged)
+            sys.exit(STARTUP_FAILURE)
