@@ -140,3 +140,37 @@ async def test_without_parse_processes_documents_are_read_in_threads(
         assert (await svc.get_document(doc.file_id)).status == "completed"
     finally:
         await svc.close()
+
+
+_OWNER = """
+import asyncio, os
+from flowhost.knowledge.processes import Processes
+
+async def main():
+    procs = Processes(1, what="testing")
+    print(await procs.call(os.getpid), flush=True)
+    await asyncio.Event().wait()
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_a_killed_server_leaves_no_worker_process(tmp_path: Path) -> None:
+    """SIGKILL gives the server no chance to stop its processes: they notice and exit."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "owner.py"  # a file: spawn re-imports the parent's main module
+    script.write_text(_OWNER)
+    with subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True
+    ) as owner:
+        assert owner.stdout is not None
+        worker = int(owner.stdout.readline())
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)  # polls the process table, not a fixed wait
+    assert not _alive(worker)
