@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flowhost.config import Settings
-from flowhost.knowledge import KnowledgeService
+from flowhost.knowledge import KnowledgeService, processes
 from flowhost.knowledge.processes import CallTimedOut, Processes
 from flowhost.store import Store
 
@@ -123,6 +123,25 @@ async def test_documents_are_read_in_a_process_and_one_read_too_long_fails(
         assert failed.status == "failed"
         assert failed.error == "reading the document took longer than 0.001 s and was stopped"
         assert (await svc.get_document(slow.file_id)).status == "failed"
+    finally:
+        await svc.close()
+
+
+async def test_where_no_process_can_start_documents_are_read_in_threads(
+    kb_settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("processes are not allowed here")
+
+    monkeypatch.setattr(processes, "ProcessPoolExecutor", refuse)
+    svc = KnowledgeService(kb_settings.model_copy(update={"parse_processes": 1}), store)
+    await svc.start()
+    try:
+        base = await svc.create_base("b")
+        doc, _, _ = await svc.add_document(base.pipeline_id, "a.md", b"# Kettles\n\nThey boil.")
+        await svc.wait_idle()
+        assert (await svc.get_document(doc.file_id)).status == "completed"
+        assert svc.parsers is None  # threads from now on
     finally:
         await svc.close()
 

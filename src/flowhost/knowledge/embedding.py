@@ -158,7 +158,7 @@ class LocalEmbedder:
         if self._pool is not None:
             try:
                 return await self._pool.call(_embed_in_worker, list(texts))
-            except (OSError, ProcessesStopped) as exc:  # no processes here: threads, from now on
+            except ProcessesStopped as exc:  # no processes here: threads, from now on
                 log.warning("embedding documents in threads: no embedding process (%s)", exc)
                 await self._pool.close()
                 self._pool = None

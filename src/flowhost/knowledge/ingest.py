@@ -1,5 +1,5 @@
-"""One indexing job: parse and chunk (in a process), embed in batches (off the event loop), write,
-index.
+"""One indexing job: read (parse and chunk, in a process of its own), embed in batches (off the
+event loop), write, index.
 
 A failure (unreadable file, embedding endpoint down, ...) marks the job and the document
 failed with the reason and removes the file's partial chunks; the base stays usable.
@@ -21,7 +21,7 @@ from flowhost.exceptions import NotFound
 from flowhost.knowledge.chunking import chunk_sections
 from flowhost.knowledge.filters import meta_label, structured_label, tag_label
 from flowhost.knowledge.parsing import ParseError, parse_document, parse_table
-from flowhost.knowledge.processes import CallTimedOut, ProcessesStopped
+from flowhost.knowledge.processes import CallTimedOut, ProcessesStopped, ProcessesUnavailable
 from flowhost.knowledge.records import Document, Job, KnowledgeBase, utcnow
 from flowhost.knowledge.vectorstore import MAX_LABELS, ChunkRow
 
@@ -91,8 +91,9 @@ async def _read(
 
     In a thread, reading a document (pure Python, mostly) holds the server's GIL for as long
     as it lasts, and a parser stuck inside one page cannot be stopped; a process is killed
-    once its call outlives ``parsers.time_limit`` (``parsing.PARSE_HARD_LIMIT_S``). A document that kills its process
-    (twice: the call is retried once) fails, rather than being read again in the server."""
+    once its call outlives ``parsers.time_limit`` (``parsing.PARSE_HARD_LIMIT_S``). A
+    document that kills its process (twice: the call is retried once) fails, rather than
+    being read again in the server."""
     parsers = svc.parsers
     if parsers is not None:
         try:
@@ -102,12 +103,12 @@ async def _read(
             raise ParseError(
                 f"reading the document took longer than {limit:g} s and was stopped"
             ) from exc
-        except ProcessesStopped as exc:
-            raise ParseError("the process reading the document stopped (out of memory?)") from exc
-        except OSError as exc:  # no process can start here: threads, from now on
-            log.warning("reading documents in threads: no parsing process (%s)", exc)
+        except ProcessesUnavailable as exc:  # none can start here: threads, from now on
+            log.warning("reading documents in threads: %s", exc)
             svc.parsers = None
             await parsers.close()
+        except ProcessesStopped as exc:
+            raise ParseError("the process reading the document stopped (out of memory?)") from exc
     return await anyio.to_thread.run_sync(units_of, base, doc, content)
 
 

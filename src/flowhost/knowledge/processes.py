@@ -10,7 +10,8 @@ inside one page outlives any limit. ``Processes`` is a ``spawn`` ``ProcessPoolEx
   and stops after ``IDLE_S`` without calls;
 - ends with the server when the server is killed (nothing else would tell a process);
 - survives a process that dies: the pool breaks, the call is retried once on a new pool, and
-  ``ProcessesStopped`` is raised when that one breaks too (or none can start);
+  ``ProcessesStopped`` is raised when that one breaks too (``ProcessesUnavailable`` when the
+  system refuses to start one);
 - with a ``time_limit``, runs at most ``size`` calls at once (a call never waits in the pool,
   so its time is its own) and kills the processes of a call that outlives it
   (``CallTimedOut``; calls of other documents in the same pool are retried on a new one).
@@ -33,7 +34,14 @@ from typing import Any, TypeVar
 
 import anyio
 
-__all__ = ["IDLE_S", "CallTimedOut", "Processes", "ProcessesStopped", "cpus"]
+__all__ = [
+    "IDLE_S",
+    "CallTimedOut",
+    "Processes",
+    "ProcessesStopped",
+    "ProcessesUnavailable",
+    "cpus",
+]
 
 IDLE_S = 60.0  # processes without a call for this long stop
 T = TypeVar("T")
@@ -41,6 +49,10 @@ T = TypeVar("T")
 
 class ProcessesStopped(Exception):
     """The processes died during a call twice, or could not start."""
+
+
+class ProcessesUnavailable(ProcessesStopped):
+    """No process could be started here (the system refused: ``OSError``)."""
 
 
 class CallTimedOut(Exception):
@@ -141,8 +153,11 @@ class Processes:
 
     async def _call(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., T], args: Any) -> T:
         for attempt in (1, 2):
-            pool = self._executor()
-            future = loop.run_in_executor(pool, fn, *args)
+            try:
+                pool = self._executor()
+                future = loop.run_in_executor(pool, fn, *args)
+            except OSError as exc:  # no process can start (a sandbox, no /dev/shm, ...)
+                raise ProcessesUnavailable(f"no {self.what} process can start: {exc}") from exc
             try:
                 if self.time_limit is None:
                     return await future
