@@ -28,7 +28,14 @@ from starlette.responses import Response
 from flowhost.engine.events import OutputDelta, OutputReady, RunEvent, RunFailed, RunFinished
 from flowhost.service import PreparedRun
 
-__all__ = ["MULTIPROC_ENV", "TRACES_LOST", "MetricsSink", "metrics_endpoint", "render_metrics"]
+__all__ = [
+    "HEADS_REFUSED",
+    "MULTIPROC_ENV",
+    "TRACES_LOST",
+    "MetricsSink",
+    "metrics_endpoint",
+    "render_metrics",
+]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -66,6 +73,13 @@ TRACES_LOST = Counter(
     "flowhost_trace_runs_lost",
     "Runs whose trace was lost: dropped from the full span queue (reason=dropped) or not "
     "written to the local span store (reason=store_error).",
+    ["reason"],
+)
+HEADS_REFUSED = Counter(
+    "flowhost_http_heads_refused",
+    "Connections closed before a request reached the app (flowhost.server.protocol): a head "
+    "too large (reason=too_large), not complete in time (reason=timeout), or no request at "
+    "all in that time (reason=silent).",
     ["reason"],
 )
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 ECHO = Path(__file__).resolve().parents[2] / "examples" / "flows" / "echo"
 BODY_TIMEOUT = 2.0
@@ -151,9 +152,22 @@ def test_fast_clients_are_not_affected(slow_server: Any) -> None:
             assert "hi" in r.read().decode()
 
 
+def _refused(server: Any, reason: str) -> float:
+    """``flowhost_http_heads_refused_total{reason=...}`` of ``server``'s /metrics."""
+    text = httpx.get(f"{server.url}/metrics", headers=server.headers).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "flowhost_http_heads_refused_total" and (
+                sample.labels["reason"] == reason
+            ):
+                return float(sample.value)
+    return 0.0
+
+
 def test_slow_headers_time_out_and_block_nobody(slow_server: Any) -> None:
     """50 clients trickling their headers are answered 408 after header_timeout; others are
     served meanwhile."""
+    before = _refused(slow_server, "timeout")
     socks = [_connect(slow_server) for _ in range(50)]
     try:
         for s in socks:
@@ -186,23 +200,27 @@ def test_slow_headers_time_out_and_block_nobody(slow_server: Any) -> None:
             assert body["code"] == "RequestTimeout"
             assert body["request_id"] == headers["x-request-id"]
             assert f"headers did not arrive within {HEADER_TIMEOUT:g} s" in body["detail"]
+        assert _refused(slow_server, "timeout") - before == len(socks)
     finally:
         for s in socks:
             s.close()
 
 
 def test_a_connection_that_sends_nothing_is_closed(slow_server: Any) -> None:
+    before = _refused(slow_server, "silent")
     with _connect(slow_server) as sock:
         started = time.monotonic()
         data, closed = _trickle(sock, b"", seconds=HEADER_TIMEOUT + 8)
     assert data == b""  # no request, no answer
     assert HEADER_TIMEOUT - 0.1 < closed - started < HEADER_TIMEOUT + 2
+    assert _refused(slow_server, "silent") - before == 1
 
 
 @pytest.mark.parametrize("finished", [False, True])
 def test_a_head_too_large_is_431(slow_server: Any, finished: bool) -> None:
     """An endless header (refused as it arrives: memory stays bounded) and a complete head
     over the limit (measured exactly) are both 431; a head under the limit is served."""
+    before = _refused(slow_server, "too_large")
     big = b"X-Big: " + b"a" * (MAX_HEADER_BYTES + 1024)
     with _connect(slow_server) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
@@ -217,5 +235,6 @@ def test_a_head_too_large_is_431(slow_server: Any, finished: bool) -> None:
     assert headers["connection"] == "close"
     assert body["code"] == "RequestHeaderFieldsTooLarge"
     assert f"exceed {MAX_HEADER_BYTES} bytes" in body["detail"]
+    assert _refused(slow_server, "too_large") - before == 1
     fits = {"X-Fits": "a" * (MAX_HEADER_BYTES - 1024)}
     assert httpx.get(f"{slow_server.url}/health", headers=fits).status_code == 200

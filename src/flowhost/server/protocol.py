@@ -27,6 +27,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from flowhost.ids import uuid7
+from flowhost.metrics import HEADS_REFUSED
 from flowhost.server.errors import problem
 
 __all__ = ["HEADER_TIMEOUT_S", "MAX_HEADER_BYTES", "FlowhostHttpProtocol", "ServerConfig"]
@@ -35,6 +36,9 @@ log = logging.getLogger("flowhost.server")
 
 MAX_HEADER_BYTES: Final = 64 * 1024
 HEADER_TIMEOUT_S: Final = 30.0
+_TOO_LARGE: Final = HEADS_REFUSED.labels("too_large")
+_TIMEOUT: Final = HEADS_REFUSED.labels("timeout")
+_SILENT: Final = HEADS_REFUSED.labels("silent")
 
 
 class ServerConfig(uvicorn.Config):
@@ -166,6 +170,7 @@ class FlowhostHttpProtocol(HttpToolsProtocol):
             self._refuse(HTTPStatus.REQUEST_TIMEOUT)
         else:  # a connection that never sent a byte: nothing to answer
             h.refused = True
+            _SILENT.inc()
             self.transport.close()
 
     def _refuse(self, status: HTTPStatus) -> None:
@@ -175,9 +180,11 @@ class FlowhostHttpProtocol(HttpToolsProtocol):
         if status is HTTPStatus.REQUEST_TIMEOUT:
             code = "RequestTimeout"
             detail = f"the request's headers did not arrive within {h.timeout:g} s"
+            _TIMEOUT.inc()
         else:
             code = "RequestHeaderFieldsTooLarge"
             detail = f"the request's line and headers exceed {h.max_bytes} bytes"
+            _TOO_LARGE.inc()
         rid = uuid7()
         log.info("request %s from %s refused: %s", rid, _client(self.client), detail)
         body = problem(status, code, detail, None, rid).body
