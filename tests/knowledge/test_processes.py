@@ -75,6 +75,21 @@ async def test_calls_wait_for_a_free_process_not_in_the_pool() -> None:
         await procs.close()
 
 
+def _oom_score_adj() -> str:
+    with open("/proc/self/oom_score_adj") as f:
+        return f.read().strip()
+
+
+@pytest.mark.skipif(not Path("/proc/self/oom_score_adj").exists(), reason="Linux only")
+async def test_the_out_of_memory_killer_takes_a_worker_before_the_server() -> None:
+    procs = Processes(1, what="testing")
+    try:
+        assert await procs.call(_oom_score_adj) == "1000"
+        assert _oom_score_adj() != "1000"
+    finally:
+        await procs.close()
+
+
 async def test_the_functions_own_error_is_raised_and_the_process_stays() -> None:
     procs = Processes(1, what="testing", time_limit=5.0)
     try:

@@ -8,7 +8,8 @@ inside one page outlives any limit. ``Processes`` is a ``spawn`` ``ProcessPoolEx
 
 - starts with the first call (all ``size`` processes at once, each running ``initializer``)
   and stops after ``IDLE_S`` without calls;
-- ends with the server when the server is killed (nothing else would tell a process);
+- ends with the server when the server is killed (nothing else would tell a process), and is
+  what the kernel's out-of-memory killer takes first;
 - survives a process that dies: the pool breaks, the call is retried once on a new pool, and
   ``ProcessesStopped`` is raised when that one breaks too (``ProcessesUnavailable`` when the
   system refuses to start one);
@@ -30,6 +31,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -65,8 +67,13 @@ def cpus() -> int:
 
 
 def _start_worker(parent: int, initializer: Callable[[], None] | None) -> None:
-    """In a worker process: end with the server (``parent``), then ``initializer``."""
+    """In a worker process: end with the server (``parent``); be the first process the
+    kernel's out-of-memory killer picks (a document that explodes in memory then costs its
+    own process, not the server: on Linux, raising one's own score needs no privilege);
+    then ``initializer``."""
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    with contextlib.suppress(OSError):  # not Linux, or /proc not mounted
+        Path("/proc/self/oom_score_adj").write_text("1000")
     if initializer is not None:
         initializer()
 
