@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import click
 
-from flowhost.config import Settings
+from flowhost.config import ConfigFileError, Settings, read_config_file
 from flowhost.exceptions import FlowDefinitionError, FlowhostError
 
 __all__ = ["main"]
@@ -33,14 +33,19 @@ def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """``Settings(**overrides)`` (and the FLOWHOST_* environment), or a usage error naming each
-    bad setting; never the values given (the token or a database URL may be among them)."""
+    """``Settings`` from ``overrides`` (flags), the FLOWHOST_* environment and the config file
+    (``flowhost --config``), or a usage error naming each bad setting; never the values given
+    (the token or a database URL may be among them)."""
     from pydantic import ValidationError
 
+    ctx = click.get_current_context(silent=True)
+    config_file: Path | None = ctx.find_root().params.get("config") if ctx is not None else None
     try:
-        return Settings(**overrides)
+        return Settings.load(config_file, **overrides)
+    except ConfigFileError as exc:
+        raise click.UsageError(str(exc)) from None
     except ValidationError as exc:
-        ctx = click.get_current_context(silent=True)
+        file_keys = set(read_config_file(config_file)) if config_file is not None else set()
         flags = {
             p.name: p.opts[0]
             for p in (ctx.command.params if ctx is not None else ())
@@ -52,7 +57,10 @@ def load_settings(**overrides: Any) -> Settings:
             names = [str(part) for part in err["loc"]]
             if names:
                 field = names[0]
-                where = ", ".join(w for w in (flags.get(field), f"FLOWHOST_{field.upper()}") if w)
+                in_file = f"{field} in {config_file}" if field in file_keys else None
+                where = ", ".join(
+                    w for w in (flags.get(field), f"FLOWHOST_{field.upper()}", in_file) if w
+                )
                 msg = f"{'.'.join(names)} ({where}): {msg}"
             problems.append(msg)
         raise click.UsageError("invalid settings: " + "; ".join(problems)) from None
@@ -78,7 +86,14 @@ class _LazyGroup(click.Group):
 
 @click.group(cls=_LazyGroup)
 @click.version_option(package_name="flowhost")
-def main() -> None:
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="FLOWHOST_CONFIG",
+    help="a TOML file of settings (lower-case FLOWHOST_* names as keys; flags and the "
+    "environment win over it) [env FLOWHOST_CONFIG]",
+)
+def main(config: Path | None) -> None:
     """Serve LLM application flows as HTTP services."""
 
 
@@ -264,19 +279,23 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--database-url", envvar="FLOWHOST_DATABASE_URL", help="[SQLite in --data-dir]")
+@click.option("--database-url", help="[env FLOWHOST_DATABASE_URL; SQLite in --data-dir]")
 @click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=Path(".flowhost"), show_default=True
+    "--data-dir", type=click.Path(path_type=Path), help="[env FLOWHOST_DATA_DIR; ./.flowhost]"
 )
-@click.option(
-    "--service-name", required=True, envvar="FLOWHOST_SERVICE_NAME", help="table name suffix"
-)
-def db_upgrade(database_url: str | None, data_dir: Path, service_name: str) -> None:
+@click.option("--service-name", help="table name suffix [env FLOWHOST_SERVICE_NAME; required]")
+def db_upgrade(database_url: str | None, data_dir: Path | None, service_name: str | None) -> None:
     """Create or migrate the tables of SERVICE (serve does this at start, too)."""
+    given = {"database_url": database_url, "data_dir": data_dir, "service_name": service_name}
+    settings = load_settings(**{k: v for k, v in given.items() if v is not None})
+    if settings.service_name is None:
+        raise click.UsageError("--service-name (or FLOWHOST_SERVICE_NAME) is required")
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    data_dir, service_name = settings.data_dir, settings.service_name
     from flowhost.store import Store, StoreError
 
     async def go() -> str:
-        store = await Store.open(database_url, data_dir=data_dir, service=service_name)
+        store = await Store.open(url, data_dir=data_dir, service=service_name)
         try:
             return f"ok  {store.dialect} database, service {store.service!r}: tables up to date"
         finally:

@@ -1,14 +1,32 @@
-"""One frozen Settings object, built at the edge (CLI flags > FLOWHOST_* env > defaults)."""
+"""One frozen Settings object, built at the edge: CLI flags > FLOWHOST_* env > a TOML config
+file (``Settings.load``) > defaults."""
 
 from __future__ import annotations
 
+import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-__all__ = ["Settings"]
+__all__ = ["ConfigFileError", "Settings", "read_config_file"]
+
+# the config file's values while ``Settings.load`` builds a Settings (see its sources)
+_FILE_VALUES: ContextVar[Mapping[str, Any] | None] = ContextVar(
+    "flowhost_config_file", default=None
+)
+
+
+class ConfigFileError(ValueError):
+    """The config file cannot be read, or names a setting that does not exist."""
 
 
 class Settings(BaseSettings):
@@ -105,6 +123,33 @@ class Settings(BaseSettings):
         0.0, ge=-1, le=1, description="cosine similarity a node needs to be recalled"
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments (the CLI's flags) > FLOWHOST_* env > the config file > defaults."""
+        return (
+            init_settings,
+            env_settings,
+            InitSettingsSource(settings_cls, dict(_FILE_VALUES.get() or {})),
+        )
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        """Settings from ``overrides``, the environment and ``config_file`` (TOML, the
+        settings' names as keys: ``port = 8080``), in that order of precedence."""
+        values = read_config_file(config_file) if config_file is not None else {}
+        token = _FILE_VALUES.set(values)
+        try:
+            return cls(**overrides)
+        finally:
+            _FILE_VALUES.reset(token)
+
     @model_validator(mode="after")
     def _embedding_model_has_a_connection(self) -> Settings:
         """Without an embedding connection the packaged model embeds; another model name would
@@ -128,3 +173,22 @@ class Settings(BaseSettings):
     @property
     def token_value(self) -> str | None:
         return self.token.get_secret_value() if self.token else None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in TOML file ``path``; ``ConfigFileError`` for an unreadable file or an
+    unknown key (a misspelt setting would otherwise be ignored)."""
+    try:
+        with path.open("rb") as f:
+            values = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read the config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"the config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(values) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigFileError(
+            f"the config file {path} names unknown settings: {', '.join(unknown)} (keys are "
+            "the FLOWHOST_* names in lower case, e.g. port, max_body_bytes)"
+        )
+    return values
