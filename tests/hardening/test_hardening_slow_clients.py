@@ -238,3 +238,16 @@ def test_a_head_too_large_is_431(slow_server: Any, finished: bool) -> None:
     assert _refused(slow_server, "too_large") - before == 1
     fits = {"X-Fits": "a" * (MAX_HEADER_BYTES - 1024)}
     assert httpx.get(f"{slow_server.url}/health", headers=fits).status_code == 200
+
+
+def test_a_large_body_then_a_pipelined_request_are_both_served(slow_server: Any) -> None:
+    """The head limit counts a head's own bytes: the end of a large body sent in the same data
+    as the next request's first bytes does not count against that request's head."""
+    body = json.dumps({"question": "a" * (4 * MAX_HEADER_BYTES)}).encode()
+    first = _head(slow_server, "/apps/echo", f"Content-Length: {len(body)}") + body
+    second = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{slow_server.port}\r\n".encode()
+    with _connect(slow_server) as sock:
+        sock.sendall(first + second[:20])  # one write: the body's end and the next head's start
+        sock.sendall(second[20:] + b"Connection: close\r\n\r\n")
+        data, _ = _trickle(sock, b"", seconds=10)
+    assert data.count(b"HTTP/1.1 200 OK") == 2, data[:300]

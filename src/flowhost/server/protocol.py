@@ -5,8 +5,8 @@ header forever (200 MB of it grew a server to 305 MB) or open connections and se
 (each held until the client goes: slow-loris). ``FlowhostHttpProtocol`` closes a connection
 
 - with 431 once a head passes ``max_header_bytes``: an unfinished head by the bytes received
-  since it began (so memory stays bounded however the head is cut into packets), a complete
-  one by its parsed line and headers;
+  after the data it began in (so memory stays bounded however the head is cut into packets,
+  within one read more), a complete one by its parsed line and headers;
 - with 408 when a request's head is not complete ``header_timeout`` seconds after its first
   byte; a new connection that sends nothing at all in that time is closed without an answer
   (checked every quarter of the timeout: a late head is refused within 1.25 times it).
@@ -64,6 +64,7 @@ class _Head:
     stream in ``bench streams``)."""
 
     __slots__ = (
+        "after",
         "began",
         "chunk",
         "in_head",
@@ -82,7 +83,8 @@ class _Head:
         self.began = False  # the current request's first byte has arrived
         self.since = 0.0  # loop time of that byte (or of the connection)
         self.chunk = 0  # bytes of the data being parsed
-        self.received = 0  # bytes received since the current head began, at least
+        self.received = 0  # bytes received since the current head began, or more
+        self.after = 0  # bytes received after the data the head began in: all of the head's
         self.refused = False
         self.timer: asyncio.TimerHandle | None = None
 
@@ -118,11 +120,14 @@ class FlowhostHttpProtocol(HttpToolsProtocol):
         h = self._head
         if h.refused:
             return
-        h.chunk = len(data)
-        if h.in_head:
-            h.received += h.chunk
-        super().data_received(data)
-        if h.in_head and h.received > h.max_bytes and not h.refused:
+        n = h.chunk = len(data)
+        if h.in_head:  # a head began before this data (or the connection is new)
+            h.received += n
+            h.after += n
+        super().data_received(data)  # may begin a head (on_message_begin)
+        # Unfinished, the head holds all of ``after`` (never the end of an earlier request
+        # sent in the same data as its beginning, a pipelined body, say): refuse on that.
+        if h.in_head and h.after > h.max_bytes and not h.refused:
             self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
 
     # -- parser callbacks --------------------------------------------------------------------
@@ -132,7 +137,7 @@ class FlowhostHttpProtocol(HttpToolsProtocol):
         h = self._head
         h.in_head = h.began = True
         h.since = self.loop.time()
-        h.received = h.chunk  # the head may have begun anywhere in this data
+        h.received, h.after = h.chunk, 0  # the head may have begun anywhere in this data
 
     def on_headers_complete(self) -> None:
         h = self._head
