@@ -52,6 +52,12 @@ def test_a_bad_file_is_refused_naming_the_problem(tmp_path: Path, text: str, say
     assert says in result.stderr
 
 
+def test_a_byte_order_mark_is_no_error(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbfport = 8124\n")
+    assert Settings.load(path).port == 8124
+
+
 def test_a_missing_file_and_a_bad_value_are_usage_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     missing = runner.invoke(main, ["--config", str(tmp_path / "none.toml"), "serve"])

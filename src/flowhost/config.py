@@ -48,7 +48,10 @@ class Settings(BaseSettings):
         64 * 1024, ge=1024, description="bytes a request line and headers may take (431)"
     )
     header_timeout: float = Field(
-        30.0, gt=0, description="seconds a request's headers may take from its first byte (408)"
+        30.0,
+        ge=1,
+        le=3600,
+        description="seconds a request's headers may take from its first byte (408)",
     )
     node_timeout: float = Field(600.0, gt=0)
     data_dir: Path = Path(".flowhost")
@@ -179,8 +182,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """The settings in TOML file ``path``; ``ConfigFileError`` for an unreadable file or an
     unknown key (a misspelt setting would otherwise be ignored)."""
     try:
-        with path.open("rb") as f:
-            values = tomllib.load(f)
+        # utf-8-sig: an editor's byte order mark is not a TOML error
+        values = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(f"the config file {path} is not UTF-8: {exc.reason}") from None
     except OSError as exc:
         raise ConfigFileError(f"cannot read the config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:

@@ -251,3 +251,81 @@ def test_a_large_body_then_a_pipelined_request_are_both_served(slow_server: Any)
         sock.sendall(second[20:] + b"Connection: close\r\n\r\n")
         data, _ = _trickle(sock, b"", seconds=10)
     assert data.count(b"HTTP/1.1 200 OK") == 2, data[:300]
+
+
+def _send_until_closed(sock: socket.socket, piece: bytes, seconds: float) -> tuple[bytes, int]:
+    """Send ``piece`` again and again until the server closes the connection; returns what was
+    read and how many bytes were written (into the sockets' buffers, at least)."""
+    data, sent = b"", 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if readable:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                return data, sent
+            if not chunk:
+                return data, sent
+            data += chunk
+        try:
+            sock.sendall(piece)
+        except OSError:  # closed under us
+            return data, sent
+        sent += len(piece)
+    raise AssertionError(f"the server did not close the connection after {sent} bytes")
+
+
+def test_endless_trailers_end_the_connection(slow_server: Any) -> None:
+    """Trailers after a chunked body's last chunk are headers too (llhttp adds them to the
+    request's list, with no limit of uvicorn's): past max_header_bytes the connection ends."""
+    before = _refused(slow_server, "too_large")
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: "
+    with _connect(slow_server) as sock:
+        sock.sendall(head)
+        data, _ = _send_until_closed(sock, b"a" * 4096, seconds=10)
+    # /health answered at once; then cut (with unread data, so by a reset, which may discard
+    # the answer before the client reads it; what the client wrote meanwhile sits in socket
+    # buffers, so its count says nothing of what the server read)
+    assert data == b"" or data.startswith(b"HTTP/1.1 200 OK")
+    assert _refused(slow_server, "too_large") - before == 1
+
+
+def test_a_chunked_body_of_many_small_chunks_is_served(slow_server: Any) -> None:
+    """Chunk framing is not trailers: 3,000 one-byte chunks (15 KB of framing) are fine."""
+    question = "a" * 3000
+    body = json.dumps({"question": question}).encode()
+    chunks = b"".join(b"1\r\n" + body[i : i + 1] + b"\r\n" for i in range(len(body))) + b"0\r\n\r\n"
+    with _connect(slow_server) as sock:
+        sock.sendall(_head(slow_server, "/apps/echo", "Transfer-Encoding: chunked") + chunks)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data, _ = _trickle(sock, b"", seconds=10)
+    assert data.count(b"HTTP/1.1 200 OK") == 2, data[:300]
+    assert question.encode() in data
+
+
+def test_a_head_pipelined_behind_a_long_stream_waits_its_turn(
+    server_factory: Callable[..., Any],
+) -> None:
+    """The header timeout of a pipelined request runs once the response before it is sent: a
+    stream longer than the timeout is neither cut nor followed mid-way by a 408."""
+    slow = Path(__file__).resolve().parents[1] / "flows_fixtures" / "hardening" / "slow_stream"
+    server = server_factory(slow, env={"FLOWHOST_HEADER_TIMEOUT": str(HEADER_TIMEOUT)})
+    body = json.dumps({"question": "8"}).encode()  # 8 pieces, 0.5 s apart: 4 s of stream
+    stream = (
+        f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with _connect(server) as sock:
+        sock.sendall(stream + b"GET /health HTTP/1.1\r\nHo")  # the next head, begun
+        data = b""
+        deadline = time.monotonic() + 20
+        while b"\r\n0\r\n\r\n" not in data and time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            assert chunk, f"the connection was closed mid-stream: {data[-300:]!r}"
+            data += chunk
+        assert b"piece7" in data
+        assert b"408" not in data
+        sock.sendall(b"st: x\r\nConnection: close\r\n\r\n")  # the rest of it, in time
+        rest, _ = _trickle(sock, b"", seconds=10)
+    assert rest.startswith(b"HTTP/1.1 200 OK"), rest[:200]

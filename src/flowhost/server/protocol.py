@@ -36,6 +36,7 @@ log = logging.getLogger("flowhost.server")
 
 MAX_HEADER_BYTES: Final = 64 * 1024
 HEADER_TIMEOUT_S: Final = 30.0
+_CHUNK_FRAMING: Final = 16  # bytes a chunk of a chunked body may add (its size line and CRLFs)
 _TOO_LARGE: Final = HEADS_REFUSED.labels("too_large")
 _TIMEOUT: Final = HEADS_REFUSED.labels("timeout")
 _SILENT: Final = HEADS_REFUSED.labels("silent")
@@ -67,6 +68,8 @@ class _Head:
         "after",
         "began",
         "chunk",
+        "chunks",
+        "extra",
         "in_head",
         "max_bytes",
         "received",
@@ -85,6 +88,8 @@ class _Head:
         self.chunk = 0  # bytes of the data being parsed
         self.received = 0  # bytes received since the current head began, or more
         self.after = 0  # bytes received after the data the head began in: all of the head's
+        self.extra = 0  # bytes after the head that were not body: chunk framing, trailers
+        self.chunks = 0  # chunks of a chunked body
         self.refused = False
         self.timer: asyncio.TimerHandle | None = None
 
@@ -124,11 +129,28 @@ class FlowhostHttpProtocol(HttpToolsProtocol):
         if h.in_head:  # a head began before this data (or the connection is new)
             h.received += n
             h.after += n
+        else:
+            h.extra += n  # less the body, in on_body
         super().data_received(data)  # may begin a head (on_message_begin)
-        # Unfinished, the head holds all of ``after`` (never the end of an earlier request
-        # sent in the same data as its beginning, a pipelined body, say): refuse on that.
-        if h.in_head and h.after > h.max_bytes and not h.refused:
-            self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+        if h.refused or self.transport.is_closing():  # refused, or uvicorn answered 400
+            return
+        if h.in_head:
+            # Unfinished, the head holds all of ``after`` (never the end of an earlier request
+            # sent in the same data as its beginning, a pipelined body, say): refuse on that.
+            if h.after > h.max_bytes:
+                self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+        elif h.extra > h.max_bytes + _CHUNK_FRAMING * h.chunks:
+            # Trailers after a chunked body's last chunk are headers too, added to the
+            # request's list with no limit (250 MB of one grew a server by 240 MB and stalled
+            # its loop): the request is being served, so no answer, only the end of it.
+            h.refused = True
+            _TOO_LARGE.inc()
+            log.info(
+                "request from %s cut: its chunk framing and trailers exceed %d bytes",
+                _client(self.client),
+                h.max_bytes,
+            )
+            self.transport.close()
 
     # -- parser callbacks --------------------------------------------------------------------
 
@@ -138,6 +160,7 @@ class FlowhostHttpProtocol(HttpToolsProtocol):
         h.in_head = h.began = True
         h.since = self.loop.time()
         h.received, h.after = h.chunk, 0  # the head may have begun anywhere in this data
+        h.extra = h.chunks = 0
 
     def on_headers_complete(self) -> None:
         h = self._head
@@ -151,8 +174,13 @@ class FlowhostHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        if not self._head.refused:
+        h = self._head
+        if not h.refused:
+            h.extra -= len(body)
             super().on_body(body)
+
+    def on_chunk_header(self) -> None:  # only chunked bodies call it
+        self._head.chunks += 1
 
     def on_message_complete(self) -> None:
         if not self._head.refused:
@@ -161,14 +189,22 @@ class FlowhostHttpProtocol(HttpToolsProtocol):
     # -- limits ------------------------------------------------------------------------------
 
     def _head_size(self) -> int:
-        """The current head's bytes, as parsed (request line and headers, less spaces)."""
-        return len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+        """The current head's bytes, as parsed: its line (method and version counted as 16
+        bytes with their spaces and CRLF, as in ``POST / HTTP/1.1``), its headers and the
+        blank line."""
+        return 16 + len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers) + 2
+
+    def _responding(self) -> bool:
+        """A response to an earlier request of this connection is still being sent."""
+        return self.cycle is not None and not self.cycle.response_complete
 
     def _check_head(self) -> None:
         h = self._head
         h.timer = None
         if h.refused or self.transport.is_closing():
             return
+        if h.in_head and self._responding():  # a pipelined head waits its turn
+            h.since = self.loop.time()
         if not h.in_head or self.loop.time() - h.since < h.timeout:
             h.timer = self.loop.call_later(h.timeout / 4, self._check_head)
         elif h.began:
@@ -192,6 +228,9 @@ class FlowhostHttpProtocol(HttpToolsProtocol):
             _TOO_LARGE.inc()
         rid = uuid7()
         log.info("request %s from %s refused: %s", rid, _client(self.client), detail)
+        if self._responding():  # no answer in the middle of another one: only the end
+            self.transport.close()
+            return
         body = problem(status, code, detail, None, rid).body
         head = [f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode("ascii")]
         for name, value in self.server_state.default_headers:
