@@ -22,13 +22,11 @@ TEXTS = [f"第{i}段: the kettle number {i} boils water. 水壶{i}号。" for i 
 
 
 async def _pids(embedder: LocalEmbedder) -> set[int]:
-    """The embedding processes' pids (asked of them; none when the pool is stopped)."""
+    """The embedding processes' pids (asked of them; none when they are stopped)."""
     pool = embedder._pool
-    if pool is None or pool._pool is None:
+    if pool is None or not pool.running:
         return set()
-    loop = asyncio.get_running_loop()
-    calls = [loop.run_in_executor(pool._pool, _slow_pid) for _ in range(4 * pool.size)]
-    return set(await asyncio.gather(*calls))
+    return set(await asyncio.gather(*(pool.call(_slow_pid) for _ in range(4 * pool.size))))
 
 
 def _slow_pid() -> int:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
 from flowhost.config import Settings
-from flowhost.knowledge import KnowledgeService, processes
-from flowhost.knowledge.processes import CallTimedOut, Processes
+from flowhost.exceptions import NotFound
+from flowhost.knowledge import KnowledgeService, ingest, processes
+from flowhost.knowledge.processes import CallTimedOut, Processes, ProcessesStopped
 from flowhost.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -28,6 +30,11 @@ def _announce_then_hang(path: str) -> None:
     time.sleep(3600)
 
 
+def _die_after(seconds: float) -> None:
+    time.sleep(seconds)
+    os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+
+
 def _fail() -> None:
     raise ValueError("the function's own error")
 
@@ -36,7 +43,7 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(")")[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except OSError:  # gone (before the open, or between the open and the read)
         return False
 
 
@@ -49,11 +56,12 @@ async def _until_dead(pid: int) -> bool:
 
 
 async def test_a_call_past_its_time_limit_is_stopped_with_its_process(tmp_path: Path) -> None:
-    procs = Processes(1, what="testing", time_limit=1.0)
+    # the limit covers a process's start too: 3 s, for a loaded machine
+    procs = Processes(1, what="testing", time_limit=3.0)
     try:
         await procs.call(os.getpid)  # the process is up: the limit is the call's own
         marker = tmp_path / "pid"
-        with pytest.raises(CallTimedOut, match="testing took longer than 1 s and was stopped"):
+        with pytest.raises(CallTimedOut, match="testing took longer than 3 s and was stopped"):
             await procs.call(_announce_then_hang, str(marker))
         assert await _until_dead(int(marker.read_text()))
         assert not procs.running
@@ -64,11 +72,11 @@ async def test_a_call_past_its_time_limit_is_stopped_with_its_process(tmp_path: 
 
 async def test_calls_wait_for_a_free_process_not_in_the_pool() -> None:
     """More calls than processes: each one's time starts when a process takes it (three
-    calls of 0.6 s on two processes take 1.2 s; the third must not time out at 1 s)."""
-    procs = Processes(2, what="testing", time_limit=1.0)
+    calls of 1.8 s on two processes take 3.6 s; the third must not time out at 3 s)."""
+    procs = Processes(2, what="testing", time_limit=3.0)
     try:
         await asyncio.gather(procs.call(os.getpid), procs.call(os.getpid))
-        pids = await asyncio.gather(*(procs.call(_pid_after, 0.6) for _ in range(3)))
+        pids = await asyncio.gather(*(procs.call(_pid_after, 1.8) for _ in range(3)))
         assert len(set(pids)) == 2
         assert os.getpid() not in pids
     finally:
@@ -86,6 +94,22 @@ async def test_the_out_of_memory_killer_takes_a_worker_before_the_server() -> No
     try:
         assert await procs.call(_oom_score_adj) == "1000"
         assert _oom_score_adj() != "1000"
+    finally:
+        await procs.close()
+
+
+async def test_a_call_whose_process_dies_fails_alone() -> None:
+    """Each call has a process of its own: one that dies (twice: it is retried once) fails
+    with ProcessesStopped, and a call running beside it is not disturbed."""
+    procs = Processes(2, what="testing", time_limit=60.0)
+    try:
+        await asyncio.gather(procs.call(os.getpid), procs.call(os.getpid))
+        dying = asyncio.ensure_future(procs.call(_die_after, 0.2))
+        innocent = asyncio.ensure_future(procs.call(_pid_after, 1.0))
+        with pytest.raises(ProcessesStopped, match="the testing process stopped"):
+            await dying
+        assert await innocent != os.getpid()
+        assert await procs.call(_pid_after, 0) != os.getpid()  # and the pool goes on
     finally:
         await procs.close()
 
@@ -138,6 +162,45 @@ async def test_documents_are_read_in_a_process_and_one_read_too_long_fails(
         assert failed.status == "failed"
         assert failed.error == "reading the document took longer than 0.001 s and was stopped"
         assert (await svc.get_document(slow.file_id)).status == "failed"
+    finally:
+        await svc.close()
+
+
+MARKER_ENV = "FLOWHOST_TEST_READ_MARKER"
+
+
+def _read_slowly(base: object, doc: object, content: bytes) -> None:
+    """Stands in for ``units_of`` in a parsing process: announces its pid, then hangs."""
+    Path(os.environ[MARKER_ENV]).write_text(str(os.getpid()))
+    time.sleep(3600)
+
+
+@pytest.mark.parametrize("delete", ["document", "base"])
+async def test_deleting_a_document_being_read_stops_its_process(
+    kb_settings: Settings,
+    store: Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    delete: str,
+) -> None:
+    marker = tmp_path / "reading"
+    monkeypatch.setenv(MARKER_ENV, str(marker))  # spawned processes inherit the environment
+    monkeypatch.setattr(ingest, "units_of", _read_slowly)
+    svc = KnowledgeService(kb_settings.model_copy(update={"parse_processes": 1}), store)
+    await svc.start()
+    try:
+        base = await svc.create_base("b")
+        doc, job, _ = await svc.add_document(base.pipeline_id, "a.md", b"# Kettles")
+        assert job is not None
+        while not marker.exists() or not marker.read_text():
+            await asyncio.sleep(0.02)  # polls for the read to be under way
+        if delete == "document":
+            await svc.delete_document(doc.file_id)
+        else:
+            await svc.delete_base(base.pipeline_id)
+        assert await _until_dead(int(marker.read_text()))
+        with pytest.raises(NotFound):
+            await svc.get_job(job.job_id)
     finally:
         await svc.close()
 

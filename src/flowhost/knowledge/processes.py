@@ -4,18 +4,21 @@ with the packaged model.
 In threads of the server, that work is mostly pure Python (pypdf, python-docx, openpyxl, the
 chunker, the model's tokenizer) and contends with the event loop for the GIL: every request of
 the server slows while a document is read, and a thread cannot be stopped, so a parse stuck
-inside one page outlives any limit. ``Processes`` is a ``spawn`` ``ProcessPoolExecutor`` that
+inside one page outlives any limit. ``Processes`` is ``size`` ``spawn`` processes, each a
+one-process ``ProcessPoolExecutor`` of its own, so that whatever befalls one call (its process
+killed for its time, by the kernel for its memory, or crashed) befalls no other. They
 
-- starts with the first call (all ``size`` processes at once, each running ``initializer``)
-  and stops after ``IDLE_S`` without calls;
-- ends with the server when the server is killed (nothing else would tell a process), and is
+- start with the first call (all ``size`` at once, each running ``initializer``) and stop
+  after ``IDLE_S`` without calls;
+- end with the server when the server is killed (nothing else would tell a process), and are
   what the kernel's out-of-memory killer takes first;
-- survives a process that dies: the pool breaks, the call is retried once on a new pool, and
-  ``ProcessesStopped`` is raised when that one breaks too (``ProcessesUnavailable`` when the
+- run at most ``size`` calls at once, one each (a call never waits inside an executor, so its
+  time is its own);
+- survive a process that dies: the call is retried once in a new process, and
+  ``ProcessesStopped`` is raised when that one dies too (``ProcessesUnavailable`` when the
   system refuses to start one);
-- with a ``time_limit``, runs at most ``size`` calls at once (a call never waits in the pool,
-  so its time is its own) and kills the processes of a call that outlives it
-  (``CallTimedOut``; calls of other documents in the same pool are retried on a new one).
+- with a ``time_limit``, kill the process of a call that outlives it (``CallTimedOut``), as
+  they do that of a call cancelled (its work is not wanted).
 
 ``spawn``, not ``fork``: a fork of a threaded server could inherit a held lock.
 """
@@ -111,7 +114,8 @@ class Processes:
         self.what = what
         self.time_limit = time_limit
         self._initializer = initializer
-        self._pool: ProcessPoolExecutor | None = None
+        self._idle: list[ProcessPoolExecutor] = []  # started, no call in hand
+        self._busy: set[ProcessPoolExecutor] = set()
         self._calls = 0  # in flight
         self._last_call = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -119,22 +123,36 @@ class Processes:
 
     @property
     def running(self) -> bool:
-        return self._pool is not None
+        return bool(self._idle or self._busy)
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            pool = ProcessPoolExecutor(
-                self.size,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker,
-                initargs=(os.getpid(), self._initializer),
-            )
-            # The executor starts a process for a call that finds none idle: calls submitted
-            # together start them all now, rather than one in the middle of the work.
-            for _ in range(self.size):
-                pool.submit(os.getpid)
-            self._pool = pool
-        return self._pool
+    def _start(self) -> ProcessPoolExecutor:
+        executor = ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(os.getpid(), self._initializer),
+        )
+        executor.submit(os.getpid)  # the executor starts its process at the first submit
+        return executor
+
+    def _take(self) -> ProcessPoolExecutor:
+        if not self._idle and not self._busy:
+            # the first call starts them all: calls that come together then find theirs
+            # started, rather than each starting one in the middle of the work
+            self._idle = [self._start() for _ in range(self.size)]
+        executor = self._idle.pop() if self._idle else self._start()
+        self._busy.add(executor)
+        return executor
+
+    def _give_back(self, executor: ProcessPoolExecutor) -> None:
+        self._busy.discard(executor)
+        self._idle.append(executor)
+
+    def _drop(self, executor: ProcessPoolExecutor, *, kill: bool = False) -> None:
+        self._busy.discard(executor)
+        if kill:
+            _kill(executor)
+        executor.shutdown(wait=False, cancel_futures=True)
 
     def _semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -148,8 +166,6 @@ class Processes:
         loop = asyncio.get_running_loop()
         self._calls += 1
         try:
-            if self.time_limit is None:
-                return await self._call(loop, fn, args)
             async with self._semaphore():
                 return await self._call(loop, fn, args)
         finally:
@@ -161,38 +177,36 @@ class Processes:
     async def _call(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., T], args: Any) -> T:
         for attempt in (1, 2):
             try:
-                pool = self._executor()
-                future = loop.run_in_executor(pool, fn, *args)
+                executor = self._take()
             except OSError as exc:  # no process can start (a sandbox, no /dev/shm, ...)
                 raise ProcessesUnavailable(f"no {self.what} process can start: {exc}") from exc
+            future: asyncio.Future[T] | None = None
             try:
-                if self.time_limit is None:
-                    return await future
+                future = loop.run_in_executor(executor, fn, *args)  # broken already: raises
                 async with asyncio.timeout(self.time_limit):
-                    return await future
-            except BrokenProcessPool as exc:  # a process died (or could not start)
-                self._discard(pool)
+                    result = await future
+            except BrokenProcessPool as exc:  # its process died (or could not start)
+                self._drop(executor)
                 if attempt == 2:
-                    raise ProcessesStopped(f"the {self.what} processes stopped: {exc}") from exc
+                    raise ProcessesStopped(f"the {self.what} process stopped: {exc}") from exc
+                continue
             except TimeoutError as exc:
-                if future.done() and not future.cancelled():
-                    raise  # fn's own TimeoutError
-                self._discard(pool, kill=True)
+                if future is not None and future.done() and not future.cancelled():  # fn's own
+                    self._give_back(executor)
+                    raise
+                self._drop(executor, kill=True)
                 raise CallTimedOut(
                     f"{self.what} took longer than {self.time_limit:g} s and was stopped"
                 ) from exc
             except asyncio.CancelledError:
-                if self.time_limit is not None:  # a call nobody waits for: stop it
-                    self._discard(pool, kill=True)
+                self._drop(executor, kill=True)  # a call nobody waits for: stop it
                 raise
+            except BaseException:  # fn's own
+                self._give_back(executor)
+                raise
+            self._give_back(executor)
+            return result
         raise AssertionError("unreachable")
-
-    def _discard(self, pool: ProcessPoolExecutor, *, kill: bool = False) -> None:
-        if self._pool is pool:
-            self._pool = None
-        if kill:
-            _kill(pool)
-        pool.shutdown(wait=False, cancel_futures=True)
 
     def _check_idle(self) -> None:
         self._timer = None
@@ -200,17 +214,25 @@ class Processes:
         loop = asyncio.get_running_loop()
         if self._calls or idle < IDLE_S:
             self._timer = loop.call_later(max(1.0, IDLE_S - idle), self._check_idle)
-        elif self._pool is not None:
-            pool, self._pool = self._pool, None
+        elif self._idle:
+            executors, self._idle = self._idle, []
             # joining the processes takes a moment: not on the event loop
-            loop.run_in_executor(None, pool.shutdown)
+            for executor in executors:
+                loop.run_in_executor(None, executor.shutdown)
 
     async def close(self) -> None:
         """Stop the processes (calls in hand fail)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            _kill(pool)
-            await anyio.to_thread.run_sync(lambda: pool.shutdown(cancel_futures=True))
+        executors = [*self._idle, *self._busy]
+        self._idle, self._busy = [], set()
+        for executor in executors:
+            _kill(executor)
+
+        def shutdown() -> None:
+            for executor in executors:
+                executor.shutdown(cancel_futures=True)
+
+        if executors:
+            await anyio.to_thread.run_sync(shutdown)
