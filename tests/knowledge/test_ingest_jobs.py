@@ -255,8 +255,9 @@ class GatedEmbedder(FailingEmbedder):
         return await self.inner.embed(texts)
 
 
+@pytest.mark.parametrize("deleted_by", ["this server", "another replica"])
 async def test_a_document_deleted_while_indexing_leaves_no_chunk_and_stops_its_job(
-    kb_settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+    kb_settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch, deleted_by: str
 ) -> None:
     async with small_batches(kb_settings, store) as svc:
         monkeypatch.setattr(ingest, "PROGRESS_S", 0.0)  # a progress write after every batch
@@ -272,11 +273,16 @@ async def test_a_document_deleted_while_indexing_leaves_no_chunk_and_stops_its_j
         assert job is not None
         with anyio.fail_after(30):
             await gated.reached.wait()  # two batches embedded and written
-        await svc.delete_document(doc.file_id)
+        if deleted_by == "this server":
+            await svc.delete_document(doc.file_id)
+        else:  # what another replica's delete does: its own worker runs no job of it
+            await svc.vectors.delete(base.space, base.pipeline_id, doc.file_id)
+            await svc.repo.delete_document(doc.file_id)
         gated.release.set()
         await svc.wait_idle()
-        # the job saw its row gone at its next progress write: no more embedding, and the
-        # chunks it wrote after the delete removed them are removed too
+        # this server's delete stops the job before removing the chunks; a job whose row
+        # another replica deleted stops at its next progress write and removes what it wrote
+        # after the delete: either way no more embedding, and no chunk left
         assert gated.calls <= 4
         assert await _chunks(svc, base.space, base.pipeline_id, doc.file_id) == 0
         assert await svc.list_documents(base.pipeline_id) == []

@@ -215,7 +215,9 @@ async def _embed_and_write(
                 )
             if len(pending) >= WRITE_ROWS or not embedding:
                 if writing is not None:
-                    await writing
+                    # shielded: a cancelled job (its document deleted) must not cancel a write
+                    # whose thread would still land it after the delete; finally waits for it
+                    await asyncio.shield(writing)
                 writing = asyncio.ensure_future(svc.vectors.add(base.space, pending))
                 pending = []
             if embedding and time.monotonic() - reported >= PROGRESS_S:
@@ -224,7 +226,7 @@ async def _embed_and_write(
                 if not await svc.repo.update_job(job.job_id, progress=done, total=len(units)):
                     raise _Deleted  # the job went with its document: stop embedding it
         if writing is not None:
-            await writing
+            await asyncio.shield(writing)
             writing = None
     finally:
         # On a failure: stop the embeddings ahead, and let a write in flight end, so that

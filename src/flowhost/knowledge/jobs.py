@@ -51,6 +51,8 @@ class JobWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._jobs: dict[asyncio.Task[None], Job] = {}  # the running jobs
+        self._dropped: set[asyncio.Task[None]] = set()  # stopped for good (see stop)
         self._maintaining = False
         self._not_busy = asyncio.Event()
         self._not_busy.set()
@@ -105,6 +107,7 @@ class JobWorker:
                 if job is not None:
                     task = asyncio.create_task(self._execute(job), name=f"kb-job-{job.job_id}")
                     self._running.add(task)
+                    self._jobs[task] = job
                     self._update_busy()
                     task.add_done_callback(self._finished)
                     continue
@@ -125,8 +128,23 @@ class JobWorker:
             await asyncio.gather(*running, return_exceptions=True)
             self._update_busy()
 
+    async def stop(self, *, pipeline_id: str, file_id: str | None = None) -> None:
+        """Cancel this process's running jobs of a base, or of one of its documents (being
+        deleted), and wait for them to end: a document being read has its process stopped."""
+        tasks = [
+            task
+            for task, job in self._jobs.items()
+            if job.pipeline_id == pipeline_id and file_id in (None, job.file_id)
+        ]
+        self._dropped.update(tasks)  # not put back in the queue, as a shutdown's are
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
+        self._jobs.pop(task, None)
+        self._dropped.discard(task)
         self._update_busy()
         self._wake.set()
 
@@ -162,10 +180,11 @@ class JobWorker:
         try:
             await self._run(job)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(
-                    self._repo.update_job(job.job_id, status="pending", lease_until=None)
-                )
+            if asyncio.current_task() not in self._dropped:  # resumed by a later start
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(
+                        self._repo.update_job(job.job_id, status="pending", lease_until=None)
+                    )
             raise
         except Exception:  # run() records failures itself; this is a bug or a lost database
             log.exception("indexing job %s crashed", job.job_id)

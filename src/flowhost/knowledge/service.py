@@ -360,6 +360,7 @@ class KnowledgeService:
 
     async def delete_base(self, pipeline_id: str) -> None:
         base = await self.repo.get_base(pipeline_id)
+        await self._worker.stop(pipeline_id=pipeline_id)  # as for a document, below
         await self.vectors.delete(base.space, pipeline_id)
         await self.repo.delete_base(pipeline_id)
 
@@ -432,6 +433,9 @@ class KnowledgeService:
     async def delete_document(self, file_id: str) -> None:
         doc = await self.repo.get_document(file_id)
         base = await self.repo.get_base(doc.pipeline_id)
+        # its job, when this process runs it, ends first (so no chunk is written after the
+        # delete below); one running in another replica stops at its next progress write
+        await self._worker.stop(pipeline_id=doc.pipeline_id, file_id=file_id)
         await self.vectors.delete(base.space, base.pipeline_id, file_id)
         await self.repo.delete_document(file_id)
 
