@@ -53,7 +53,7 @@ T = TypeVar("T")
 
 
 class ProcessesStopped(Exception):
-    """The processes died during a call twice, or could not start."""
+    """A call's process died, and so did the one it was retried in."""
 
 
 class ProcessesUnavailable(ProcessesStopped):
@@ -61,7 +61,7 @@ class ProcessesUnavailable(ProcessesStopped):
 
 
 class CallTimedOut(Exception):
-    """A call outlived its time limit; its processes were killed."""
+    """A call outlived its time limit; its process was killed."""
 
 
 def cpus() -> int:
