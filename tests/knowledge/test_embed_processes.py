@@ -56,8 +56,11 @@ async def test_processes_embed_as_the_model_does_in_this_process() -> None:
 
 
 async def test_a_cancelled_call_leaves_the_next_answers_right() -> None:
+    """... in the same process: an embedding process outlives a cancelled call (its model
+    stays loaded)."""
     async with contextlib.aclosing(LocalEmbedder(processes=1)) as embedder:
         await embedder.embed_documents(TEXTS[:1])  # the process runs
+        (pid,) = await _pids(embedder)
         first = asyncio.ensure_future(embedder.embed_documents(TEXTS[:20]))
         second = asyncio.ensure_future(embedder.embed_documents(TEXTS[20:25]))
         await asyncio.sleep(0)  # one turn of the loop: both calls are submitted
@@ -66,6 +69,7 @@ async def test_a_cancelled_call_leaves_the_next_answers_right() -> None:
         assert np.allclose(got, embedder.embed_sync(TEXTS[20:25]), atol=1e-5)
         again = await embedder.embed_documents(TEXTS[:3])
         assert np.allclose(again, embedder.embed_sync(TEXTS[:3]), atol=1e-5)
+        assert await _pids(embedder) == {pid}
 
 
 async def test_a_killed_process_is_replaced() -> None:

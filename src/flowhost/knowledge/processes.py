@@ -17,8 +17,9 @@ killed for its time, by the kernel for its memory, or crashed) befalls no other.
 - survive a process that dies: the call is retried once in a new process, and
   ``ProcessesStopped`` is raised when that one dies too (``ProcessesUnavailable`` when the
   system refuses to start one);
-- with a ``time_limit``, kill the process of a call that outlives it (``CallTimedOut``), as
-  they do that of a call cancelled (its work is not wanted).
+- with a ``time_limit``, kill the process of a call that outlives it (``CallTimedOut``), and
+  that of a call cancelled (its work is not wanted; without a limit such a process finishes
+  its call and is used again, keeping what its ``initializer`` loaded).
 
 ``spawn``, not ``fork``: a fork of a threaded server could inherit a held lock.
 """
@@ -199,7 +200,10 @@ class Processes:
                     f"{self.what} took longer than {self.time_limit:g} s and was stopped"
                 ) from exc
             except asyncio.CancelledError:
-                self._drop(executor, kill=True)  # a call nobody waits for: stop it
+                if self.time_limit is None:  # let it finish: the next call waits behind it
+                    self._give_back(executor)
+                else:  # a call nobody waits for, that may be stuck: stop it
+                    self._drop(executor, kill=True)
                 raise
             except BaseException:  # fn's own
                 self._give_back(executor)
