@@ -7,14 +7,21 @@ import contextlib
 import os
 import signal
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flowhost.config import Settings
 from flowhost.exceptions import NotFound
 from flowhost.knowledge import KnowledgeService, ingest, processes
-from flowhost.knowledge.processes import CallTimedOut, Processes, ProcessesStopped
+from flowhost.knowledge.processes import (
+    CallTimedOut,
+    Processes,
+    ProcessesStopped,
+    ProcessesUnavailable,
+)
 from flowhost.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -112,6 +119,33 @@ async def test_a_call_whose_process_dies_fails_alone() -> None:
         assert await procs.call(_pid_after, 0) != os.getpid()  # and the pool goes on
     finally:
         await procs.close()
+
+
+async def test_when_the_system_refuses_a_process_none_stays_half_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[ProcessPoolExecutor] = []
+
+    def second_refused(*args: Any, **kwargs: Any) -> ProcessPoolExecutor:
+        if started:
+            raise OSError("no more processes")
+        started.append(ProcessPoolExecutor(*args, **kwargs))
+        return started[0]
+
+    killed: list[ProcessPoolExecutor] = []
+    kill = processes._kill
+
+    def record_kill(executor: ProcessPoolExecutor) -> None:
+        killed.append(executor)
+        kill(executor)
+
+    monkeypatch.setattr(processes, "ProcessPoolExecutor", second_refused)
+    monkeypatch.setattr(processes, "_kill", record_kill)
+    procs = Processes(2, what="testing")
+    with pytest.raises(ProcessesUnavailable, match="no testing process can start"):
+        await procs.call(os.getpid)
+    assert not procs.running
+    assert killed == started  # the one that did start is stopped
 
 
 async def test_the_functions_own_error_is_raised_and_the_process_stays() -> None:

@@ -140,7 +140,14 @@ class Processes:
         if not self._idle and not self._busy:
             # the first call starts them all: calls that come together then find theirs
             # started, rather than each starting one in the middle of the work
-            self._idle = [self._start() for _ in range(self.size)]
+            try:
+                while len(self._idle) < self.size:
+                    self._idle.append(self._start())
+            except OSError:  # the system refuses one: none stays half started
+                started, self._idle = self._idle, []
+                for executor in started:
+                    self._drop(executor, kill=True)
+                raise
         executor = self._idle.pop() if self._idle else self._start()
         self._busy.add(executor)
         return executor
