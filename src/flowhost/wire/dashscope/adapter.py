@@ -15,7 +15,6 @@ per-node trace, and tokens are never traced.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -36,7 +35,7 @@ from flowhost.engine.events import (
 )
 from flowhost.engine.executor import sum_usage
 from flowhost.knowledge.references import doc_references
-from flowhost.tracing.attributes import MIN_SECRET_LEN, REDACTED
+from flowhost.tracing.attributes import MIN_SECRET_LEN, Redactor
 from flowhost.wire.chat import aclose, output_text
 from flowhost.wire.sse import dumps, sse
 
@@ -86,14 +85,6 @@ def secrets_of(tokens: Any) -> tuple[str, ...]:
     return tuple(sorted(set(out), key=len, reverse=True))
 
 
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        for form in (secret, json.dumps(secret, ensure_ascii=False)[1:-1]):
-            if form in text:
-                text = text.replace(form, REDACTED)
-    return text
-
-
 def _holdback(text: str, secrets: tuple[str, ...]) -> int:
     """The length of the longest end of ``text`` that begins a secret (0: none does)."""
     longest = 0
@@ -117,7 +108,11 @@ class _Node:
     streamed: bool = False
     structured: Any = None
 
-    def response(self, incremental: bool, secrets: tuple[str, ...] = ()) -> dict[str, str]:
+    def response(
+        self, incremental: bool, secrets: tuple[str, ...] = (), redactor: Redactor | None = None
+    ) -> dict[str, str]:
+        """``secrets`` (held back while they may be arriving) and ``redactor`` (scrubs them,
+        as written or JSON-escaped) come from ``Options.secrets``."""
         d: dict[str, Any] = {
             "nodeId": self.node_id,
             "nodeName": self.name,
@@ -138,8 +133,8 @@ class _Node:
             else:
                 result = visible
             d["nodeResult"] = dumps({"result": result})
-        if secrets:
-            d["nodeResult"] = _scrub(d["nodeResult"], secrets)
+        if redactor is not None:
+            d["nodeResult"] = redactor.scrub(d["nodeResult"])
         return {"response": dumps(d)}
 
 
@@ -151,6 +146,7 @@ class _State:
         self.nodes: dict[str, _Node] = {}
         self.usage: list[ModelUsage] = []
         self.references: list[dict[str, Any]] = []
+        self.redactor = Redactor(opts.secrets) if opts.secrets else None
 
     def apply(self, ev: RunEvent) -> bool:
         """Fold one event in; True when a chunk should go out now."""
@@ -204,7 +200,9 @@ class _State:
             out["text"] = self.new_text if o.incremental else self.text
             self.new_text = ""
         if o.has_thoughts:
-            out["thoughts"] = [n.response(o.incremental, o.secrets) for n in self.nodes.values()]
+            out["thoughts"] = [
+                n.response(o.incremental, o.secrets, self.redactor) for n in self.nodes.values()
+            ]
         out["doc_references"] = self.references or None
         return out
 
