@@ -70,9 +70,9 @@ class _Head:
         "chunk",
         "chunks",
         "extra",
+        "first",
         "in_head",
         "max_bytes",
-        "received",
         "refused",
         "since",
         "timeout",
@@ -86,8 +86,8 @@ class _Head:
         self.began = False  # the current request's first byte has arrived
         self.since = 0.0  # loop time of that byte (or of the connection)
         self.chunk = 0  # bytes of the data being parsed
-        self.received = 0  # bytes received since the current head began, or more
-        self.after = 0  # bytes received after the data the head began in: all of the head's
+        self.first = 0  # bytes of the data the head began in (some may be another request's)
+        self.after = 0  # bytes received after that data: all of them the head's
         self.extra = 0  # bytes after the head that were not body: chunk framing, trailers
         self.chunks = 0  # chunks of a chunked body
         self.refused = False
@@ -127,7 +127,6 @@ class FlowhostHttpProtocol(HttpToolsProtocol):
             return
         n = h.chunk = len(data)
         if h.in_head:  # a head began before this data (or the connection is new)
-            h.received += n
             h.after += n
         else:
             h.extra += n  # less the body, in on_body
@@ -159,15 +158,15 @@ class FlowhostHttpProtocol(HttpToolsProtocol):
         h = self._head
         h.in_head = h.began = True
         h.since = self.loop.time()
-        h.received, h.after = h.chunk, 0  # the head may have begun anywhere in this data
+        h.first, h.after = h.chunk, 0  # the head may have begun anywhere in this data
         h.extra = h.chunks = 0
 
     def on_headers_complete(self) -> None:
         h = self._head
         if h.refused:
             return
-        # received counts at least the head's bytes: measure the head only when it is over
-        if h.received > h.max_bytes and self._head_size() > h.max_bytes:
+        # first + after counts at least the head's bytes: measure the head only when over
+        if h.first + h.after > h.max_bytes and self._head_size() > h.max_bytes:
             self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
             return
         h.in_head = h.began = False
