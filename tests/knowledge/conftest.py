@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,11 +53,12 @@ Started = Callable[..., AbstractAsyncContextManager[KnowledgeService]]
 @pytest.fixture
 def started(kb_settings: Settings, store: Store) -> Started:
     """``async with started(worker=False) as svc``: one more service on the test's store (as
-    another process, or a restart, would open), closed on leaving."""
+    another process, or a restart, would open), closed on leaving; keyword arguments other
+    than ``worker`` change its settings (``started(parse_processes=1)``)."""
 
     @contextlib.asynccontextmanager
-    async def start(*, worker: bool = True) -> AsyncIterator[KnowledgeService]:
-        svc = KnowledgeService(kb_settings, store)
+    async def start(*, worker: bool = True, **settings: Any) -> AsyncIterator[KnowledgeService]:
+        svc = KnowledgeService(kb_settings.model_copy(update=settings), store)
         await svc.start(worker=worker)
         try:
             yield svc

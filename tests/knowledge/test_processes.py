@@ -7,13 +7,14 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flowhost.config import Settings
 from flowhost.exceptions import NotFound
 from flowhost.knowledge import KnowledgeService, ingest, processes
 from flowhost.knowledge.processes import (
@@ -22,9 +23,10 @@ from flowhost.knowledge.processes import (
     ProcessesStopped,
     ProcessesUnavailable,
 )
-from flowhost.store import Store
 
 pytestmark = pytest.mark.anyio
+
+Started = Callable[..., AbstractAsyncContextManager[KnowledgeService]]  # conftest's `started`
 
 
 def _pid_after(seconds: float) -> int:
@@ -124,13 +126,13 @@ async def test_a_call_whose_process_dies_fails_alone() -> None:
 async def test_when_the_system_refuses_a_process_none_stays_half_started(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    started: list[ProcessPoolExecutor] = []
+    opened: list[ProcessPoolExecutor] = []
 
     def second_refused(*args: Any, **kwargs: Any) -> ProcessPoolExecutor:
-        if started:
+        if opened:
             raise OSError("no more processes")
-        started.append(ProcessPoolExecutor(*args, **kwargs))
-        return started[0]
+        opened.append(ProcessPoolExecutor(*args, **kwargs))
+        return opened[0]
 
     killed: list[ProcessPoolExecutor] = []
     kill = processes._kill
@@ -145,7 +147,7 @@ async def test_when_the_system_refuses_a_process_none_stays_half_started(
     with pytest.raises(ProcessesUnavailable, match="no testing process can start"):
         await procs.call(os.getpid)
     assert not procs.running
-    assert killed == started  # the one that did start is stopped
+    assert killed == opened  # the one that did start is stopped
 
 
 async def test_the_functions_own_error_is_raised_and_the_process_stays() -> None:
@@ -176,11 +178,9 @@ async def test_a_cancelled_call_with_a_limit_is_stopped(tmp_path: Path) -> None:
 
 
 async def test_documents_are_read_in_a_process_and_one_read_too_long_fails(
-    kb_settings: Settings, store: Store
+    started: Started,
 ) -> None:
-    svc = KnowledgeService(kb_settings.model_copy(update={"parse_processes": 1}), store)
-    await svc.start()
-    try:
+    async with started(parse_processes=1) as svc:
         assert svc.parsers is not None
         base = await svc.create_base("b")
         doc, _, _ = await svc.add_document(base.pipeline_id, "a.md", b"# Kettles\n\nThey boil.")
@@ -196,8 +196,6 @@ async def test_documents_are_read_in_a_process_and_one_read_too_long_fails(
         assert failed.status == "failed"
         assert failed.error == "reading the document took longer than 0.001 s and was stopped"
         assert (await svc.get_document(slow.file_id)).status == "failed"
-    finally:
-        await svc.close()
 
 
 MARKER_ENV = "FLOWHOST_TEST_READ_MARKER"
@@ -211,8 +209,7 @@ def _read_slowly(base: object, doc: object, content: bytes) -> None:
 
 @pytest.mark.parametrize("delete", ["document", "base"])
 async def test_deleting_a_document_being_read_stops_its_process(
-    kb_settings: Settings,
-    store: Store,
+    started: Started,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     delete: str,
@@ -220,9 +217,7 @@ async def test_deleting_a_document_being_read_stops_its_process(
     marker = tmp_path / "reading"
     monkeypatch.setenv(MARKER_ENV, str(marker))  # spawned processes inherit the environment
     monkeypatch.setattr(ingest, "units_of", _read_slowly)
-    svc = KnowledgeService(kb_settings.model_copy(update={"parse_processes": 1}), store)
-    await svc.start()
-    try:
+    async with started(parse_processes=1) as svc:
         base = await svc.create_base("b")
         doc, job, _ = await svc.add_document(base.pipeline_id, "a.md", b"# Kettles")
         assert job is not None
@@ -235,42 +230,30 @@ async def test_deleting_a_document_being_read_stops_its_process(
         assert await _until_dead(int(marker.read_text()))
         with pytest.raises(NotFound):
             await svc.get_job(job.job_id)
-    finally:
-        await svc.close()
 
 
 async def test_where_no_process_can_start_documents_are_read_in_threads(
-    kb_settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+    started: Started, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise OSError("processes are not allowed here")
 
     monkeypatch.setattr(processes, "ProcessPoolExecutor", refuse)
-    svc = KnowledgeService(kb_settings.model_copy(update={"parse_processes": 1}), store)
-    await svc.start()
-    try:
+    async with started(parse_processes=1) as svc:
         base = await svc.create_base("b")
         doc, _, _ = await svc.add_document(base.pipeline_id, "a.md", b"# Kettles\n\nThey boil.")
         await svc.wait_idle()
         assert (await svc.get_document(doc.file_id)).status == "completed"
         assert svc.parsers is None  # threads from now on
-    finally:
-        await svc.close()
 
 
-async def test_without_parse_processes_documents_are_read_in_threads(
-    kb_settings: Settings, store: Store
-) -> None:
-    svc = KnowledgeService(kb_settings.model_copy(update={"parse_processes": 0}), store)
-    await svc.start()
-    try:
+async def test_without_parse_processes_documents_are_read_in_threads(started: Started) -> None:
+    async with started(parse_processes=0) as svc:
         assert svc.parsers is None
         base = await svc.create_base("b")
         doc, _, _ = await svc.add_document(base.pipeline_id, "a.md", b"# Kettles\n\nThey boil.")
         await svc.wait_idle()
         assert (await svc.get_document(doc.file_id)).status == "completed"
-    finally:
-        await svc.close()
 
 
 _OWNER = """
