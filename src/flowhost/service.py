@@ -13,7 +13,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,7 +23,7 @@ from flowhost.apps import App, AppRegistry
 from flowhost.config import Settings
 from flowhost.engine.context import RunContext
 from flowhost.engine.events import ErrorInfo, RunEvent, RunFailed, RunFinished
-from flowhost.engine.executor import execute
+from flowhost.engine.executor import execute, execute_inline
 from flowhost.exceptions import FlowhostError, InvalidInput, one_line
 from flowhost.flows.inputs import coerce_inputs
 from flowhost.ids import uuid7
@@ -118,13 +118,29 @@ class PreparedRun:
     started_at: float = field(default_factory=time.time)
     observations: list[RunObservation] = field(default_factory=list)
     trace_id: str = ""  # the run's OpenTelemetry trace id (32 hex), "" when tracing is off
+    # the run's events when every node runs inline (``execute_inline``), decided by ``prepare``;
+    # taken by ``events`` / ``outcome``. None: the run goes to node tasks.
+    inline: Iterator[RunEvent] | None = None
+
+    @property
+    def runs_inline(self) -> bool:
+        """Whether the run will never wait (but to store its turn): see ``execute_inline``."""
+        return self.inline is not None
 
     @property
     def run_id(self) -> str:
         return self.ctx.run_id
 
-    async def events(self) -> AsyncIterator[RunEvent]:
-        """Run the flow. Closing this iterator cancels the run (recorded as canceled)."""
+    async def events(self) -> AsyncGenerator[RunEvent, None]:
+        """Run the flow. Closing this iterator cancels the run (recorded as canceled).
+
+        A run whose nodes all run inline (``execute_inline``) is over before its first event
+        is yielded: nothing could interleave with it anyway."""
+        inline, self.inline = self.inline, None
+        if inline is not None:
+            for event in await self._run_inline(inline):
+                yield event
+            return
         svc = self.service
         final: RunEvent | None = None
         stream = execute(
@@ -141,25 +157,64 @@ class PreparedRun:
                 async for event in stream:
                     if isinstance(event, RunFinished | RunFailed):
                         final = event
-                        if isinstance(event, RunFailed) and svc.log_failures:
-                            self._log_failure(event.error)
-                        if self.session_id is not None and svc.history is not None:
-                            event = await self._record(svc.history, event)
+                        event = await self._finish(event)
                     for on_event in observe:
                         on_event(event)
                     yield event
         finally:
-            for o in self.observations:
-                o.close(final)
-            if final is None and self.session_id is not None and svc.history is not None:
-                # the client went away: record the canceled turn even while being cancelled
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await svc.history.record_turn(self.app, self, None, self.protocol)
-                    except Exception as exc:
-                        log.error(
-                            "run %s: recording the canceled turn failed: %s", self.run_id, exc
-                        )
+            await self._close(final)
+
+    async def outcome(self) -> RunFinished | RunFailed | None:
+        """Run the flow to its end: its last event (None when it ended without one). For a
+        response sent whole; cancelling the call cancels the run (recorded as canceled)."""
+        inline, self.inline = self.inline, None
+        if inline is not None:
+            last = (await self._run_inline(inline))[-1]
+            return last if isinstance(last, RunFinished | RunFailed) else None
+        async with contextlib.aclosing(self.events()) as events:
+            async for event in events:
+                if isinstance(event, RunFinished | RunFailed):
+                    return event
+        return None
+
+    async def _run_inline(self, stream: Iterator[RunEvent]) -> list[RunEvent]:
+        """Every event of an inline run, each seen by the observers as ``events`` shows them;
+        awaits only to store the turn."""
+        observe = [o.on_event for o in self.observations]
+        final: RunEvent | None = None
+        events: list[RunEvent] = []
+        try:
+            for event in stream:
+                if isinstance(event, RunFinished | RunFailed):
+                    final = event
+                    event = await self._finish(event)
+                for on_event in observe:
+                    on_event(event)
+                events.append(event)
+        finally:
+            await self._close(final)
+        return events
+
+    async def _finish(self, final: RunFinished | RunFailed) -> RunEvent:
+        """The run's last event: a failure logged, the turn stored (see ``_record``)."""
+        svc = self.service
+        if isinstance(final, RunFailed) and svc.log_failures:
+            self._log_failure(final.error)
+        if self.session_id is not None and svc.history is not None:
+            return await self._record(svc.history, final)
+        return final
+
+    async def _close(self, final: RunEvent | None) -> None:
+        svc = self.service
+        for o in self.observations:
+            o.close(final)
+        if final is None and self.session_id is not None and svc.history is not None:
+            # the client went away: record the canceled turn even while being cancelled
+            with anyio.CancelScope(shield=True):
+                try:
+                    await svc.history.record_turn(self.app, self, None, self.protocol)
+                except Exception as exc:
+                    log.error("run %s: recording the canceled turn failed: %s", self.run_id, exc)
 
     def _log_failure(self, err: ErrorInfo) -> None:
         """A failed run, for the operator: the client's message, the server's secrets and the
@@ -269,6 +324,9 @@ class RunService:
             if observation is not None:
                 prepared.observations.append(observation)
                 prepared.trace_id = prepared.trace_id or observation.trace_id
+        prepared.inline = execute_inline(
+            flow, coerced, ctx, app.services, trace_id=prepared.trace_id
+        )
         return prepared
 
     async def _recall(self, memory_id: str, message: Any) -> list[str]:

@@ -7,9 +7,10 @@ import time
 from typing import Any
 
 import pytest
+from starlette.requests import Request
 
 from flowhost.exceptions import RunCanceled
-from flowhost.wire.http import WATCH_AFTER, _cancel_on_disconnect
+from flowhost.wire.http import WATCH_AFTER, _cancel_on_disconnect, until_disconnect
 
 pytestmark = pytest.mark.anyio
 
@@ -82,3 +83,31 @@ async def test_a_client_leaving_mid_run_cancels_it_and_other_cancellations_pass_
     task.cancel()  # from above (server shutdown): not the client's doing
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+class Prepared:
+    """What ``until_disconnect`` reads of a ``PreparedRun``."""
+
+    def __init__(self, runs_inline: bool) -> None:
+        self.runs_inline = runs_inline
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_a_run_that_runs_inline_is_not_watched(inline: bool) -> None:
+    """An inline run never waits but to store its turn (here: a slow store): no watcher."""
+    client = Client()
+    client.leave()  # would cancel a watched run as soon as watching starts
+    request = Request({"type": "http", "headers": []}, client)
+
+    async def storing_the_turn() -> str:
+        await asyncio.sleep(WATCH_AFTER * 3)
+        return "stored"
+
+    prepared: Any = Prepared(inline)
+    if inline:
+        assert await until_disconnect(request, storing_the_turn, prepared=prepared) == "stored"
+        assert client.calls == 0
+    else:
+        with pytest.raises(RunCanceled):
+            await until_disconnect(request, storing_the_turn, prepared=prepared)
+        assert client.calls == 1

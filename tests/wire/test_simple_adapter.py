@@ -113,8 +113,14 @@ async def test_streaming_matches_the_seed_byte_for_byte() -> None:
     assert body == (SEED_STREAM + "\n").encode()
 
 
-async def test_non_streaming_body_matches_the_seed() -> None:
-    outputs, error = await adapter.collect(Source(llm_run()))
+def last(events: list[RunEvent]) -> RunFinished | RunFailed:
+    final = events[-1]
+    assert isinstance(final, RunFinished | RunFailed)
+    return final
+
+
+def test_non_streaming_body_matches_the_seed() -> None:
+    outputs, error = adapter.answer(last(llm_run()))
     assert error is None
     assert dumps(outputs) == SEED_BODY
 
@@ -172,14 +178,14 @@ async def test_a_failure_after_streaming_began_is_an_error_event() -> None:
     )
 
 
-async def test_collect_returns_the_error() -> None:
-    outputs, error = await adapter.collect(Source(failed_run()))
+def test_answer_is_the_error_of_a_failed_run() -> None:
+    outputs, error = adapter.answer(last(failed_run()))
     assert outputs is None
     assert error == ErrorInfo("NodeFailed", "RuntimeError: the stream broke off", node="chat")
 
 
-async def test_a_run_that_ends_without_a_result_is_canceled() -> None:
-    outputs, error = await adapter.collect(Source([RunStarted(RUN, "chat", T)]))
+def test_a_run_that_ends_without_a_result_is_canceled() -> None:
+    outputs, error = adapter.answer(None)
     assert outputs is None
     assert error is not None
     assert error.code == "RunCanceled"
@@ -194,11 +200,6 @@ async def test_the_event_stream_is_closed_once_the_answer_is_complete(
     assert source.closed
     assert source.taken == len(events)
     assert chunks[-1].startswith((b'event: Message\ndata: {"answer": ""}', b"event: Error"))
-
-    source = Source([*events, RunStarted(RUN, "late", T)])
-    await adapter.collect(source)
-    assert source.closed
-    assert source.taken == len(events)
 
 
 async def test_closing_the_response_closes_the_event_stream() -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any, cast
 
 from flowhost.engine.context import RunContext, set_run_context
@@ -45,7 +45,7 @@ from flowhost.flows.loader import CompiledNode, Flow
 from flowhost.flows.spec import Reference
 from flowhost.nodes.base import InlineNode, NodeRuntime, NodeServices
 
-__all__ = ["DEFAULT_NODE_TIMEOUT", "execute", "sum_usage"]
+__all__ = ["DEFAULT_NODE_TIMEOUT", "execute", "execute_inline", "sum_usage"]
 
 DEFAULT_NODE_TIMEOUT = 600.0
 _SKIPPED = object()
@@ -337,8 +337,26 @@ def execute(
     run = _Run(flow, inputs, ctx, services, node_timeout)
     inline = _inline_nodes(flow)
     if inline is not None:
-        return _execute_inline(run, inline, trace_id)
+        return _as_async(_inline_events(run, inline, trace_id))
     return _execute_tasks(run, trace_id)
+
+
+def execute_inline(
+    flow: Flow,
+    inputs: dict[str, Any],
+    ctx: RunContext,
+    services: NodeServices,
+    *,
+    trace_id: str = "",
+) -> Iterator[RunEvent] | None:
+    """``execute``'s events as a plain iterator when every node of ``flow`` can run inline
+    right now (see the module), else None. The whole run happens while it is iterated, on the
+    caller's thread, without ever giving the event loop a turn: a caller that wants only the
+    outcome pays for no async generator, and has no wait to watch for a disconnect."""
+    inline = _inline_nodes(flow)
+    if inline is None:
+        return None
+    return _inline_events(_Run(flow, inputs, ctx, services, DEFAULT_NODE_TIMEOUT), inline, trace_id)
 
 
 def _inline_nodes(flow: Flow) -> list[InlineNode] | None:
@@ -352,14 +370,16 @@ def _inline_nodes(flow: Flow) -> list[InlineNode] | None:
     return impls
 
 
-async def _execute_inline(
-    run: _Run, impls: list[InlineNode], trace_id: str
-) -> AsyncGenerator[RunEvent, None]:
-    """Every node on this task, in the flow's (topological) order: see the module."""
+async def _as_async(events: Iterator[RunEvent]) -> AsyncGenerator[RunEvent, None]:
+    for event in events:
+        yield event
+
+
+def _inline_events(run: _Run, impls: list[InlineNode], trace_id: str) -> Iterator[RunEvent]:
+    """Every node on the caller's task, in the flow's (topological) order: see the module."""
     start = time.perf_counter()
     opening = run.opening(trace_id, start)
-    for event in opening:
-        yield event
+    yield from opening
     if isinstance(opening[-1], RunFailed):
         return
     for node, impl in zip(run.flow.nodes.values(), impls, strict=True):
@@ -375,8 +395,7 @@ async def _execute_inline(
             yield run.failed(done.error, start)
             return
         ready, error = run.outputs_after(node.name)
-        for event in ready:
-            yield event
+        yield from ready
         if error is not None:
             yield run.failed(error, start)
             return

@@ -229,11 +229,17 @@ async def _cancel_on_disconnect(receive: Receive, work: Callable[[], Awaitable[T
             watcher.cancel()
 
 
-async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -> T:
+async def until_disconnect(
+    request: Request, work: Callable[[], Awaitable[T]], *, prepared: PreparedRun | None = None
+) -> T:
     """Run ``work`` but cancel it if the client disconnects first (non-streaming responses).
 
     Starlette only cancels streaming bodies on disconnect; a plain request handler keeps running.
+    When ``work`` is the ``prepared`` run and that runs inline, it never waits (but to store its
+    turn): there is nothing to watch, and no watcher is set up.
     """
+    if prepared is not None and prepared.runs_inline:
+        return await work()
     return await _cancel_on_disconnect(request.receive, work)
 
 

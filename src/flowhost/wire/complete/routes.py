@@ -96,7 +96,7 @@ async def _complete(request: Request, app_id: str | None) -> Response:
     if run_body.stream:
         return EventStream(adapter.stream(prepared.events(), flow, cfg), headers)
     body, error = await until_disconnect(
-        request, lambda: adapter.collect(prepared.events(), flow, cfg)
+        request, lambda: adapter.collect(prepared.events(), flow, cfg), prepared=prepared
     )
     status = 200 if error is None else error.status
     return Response(dumps(body), status_code=status, media_type="application/json", headers=headers)

@@ -185,7 +185,9 @@ async def completion(request: Request) -> Response:
     headers = run_headers(prepared)  # X-Trace-Id (the SDK ignores headers; curl users do not)
     if _wants_stream(client):
         return EventStream(adapter.stream(prepared.events(), opts), headers)
-    body, error = await until_disconnect(request, lambda: adapter.collect(prepared.events(), opts))
+    body, error = await until_disconnect(
+        request, lambda: adapter.collect(prepared.events(), opts), prepared=prepared
+    )
     if error is not None or body is None:
         assert error is not None
         return JSONResponse(

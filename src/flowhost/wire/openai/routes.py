@@ -172,7 +172,7 @@ async def chat_completions(request: Request) -> Response:
             adapter.stream(prepared.events(), completion, include_usage=include_usage), headers
         )
     result, error = await until_disconnect(
-        request, lambda: adapter.collect(prepared.events(), completion)
+        request, lambda: adapter.collect(prepared.events(), completion), prepared=prepared
     )
     if error is not None or result is None:
         assert error is not None

@@ -1,5 +1,6 @@
 """Simple mode (``POST /``): events -> ``event: Message`` SSE, or one JSON body.
 
+Not streaming: the flow's outputs as JSON, or the run's error (``answer``).
 Streaming (seed 000): a first ``{"answer": ""}``, then one Message per streamed fragment (and one per
 non-streamed output as it becomes ready), and a last ``{"answer": ""}``. A failure after streaming
 began is an ``event: Error`` carrying ``{"code", "message", "node"}``.
@@ -20,7 +21,9 @@ from flowhost.engine.events import (
 )
 from flowhost.wire.sse import dumps, sse
 
-__all__ = ["collect", "stream"]
+__all__ = ["answer", "stream"]
+
+ENDED_WITHOUT_RESULT = ErrorInfo("RunCanceled", "the run ended without a result", status=500)
 
 
 def _message(payload: dict[str, Any]) -> bytes:
@@ -52,16 +55,13 @@ async def stream(events: AsyncIterator[RunEvent], answer_key: str) -> AsyncItera
         await _close(events)
 
 
-async def collect(
-    events: AsyncIterator[RunEvent],
-) -> tuple[dict[str, Any] | None, ErrorInfo | None]:
-    """Drain a run: (outputs, None) on success, (None, error) on failure."""
-    try:
-        async for ev in events:
-            if isinstance(ev, RunFinished):
-                return ev.outputs, None
-            if isinstance(ev, RunFailed):
-                return None, ev.error
-    finally:
-        await _close(events)
-    return None, ErrorInfo("RunCanceled", "the run ended without a result", status=500)
+def answer(
+    final: RunFinished | RunFailed | None,
+) -> tuple[dict[str, Any], None] | tuple[None, ErrorInfo]:
+    """A run's answer from its last event (``PreparedRun.outcome``): (outputs, None) on
+    success, (None, error) on failure or when the run ended without a last event."""
+    if isinstance(final, RunFinished):
+        return final.outputs, None
+    if isinstance(final, RunFailed):
+        return None, final.error
+    return None, ENDED_WITHOUT_RESULT

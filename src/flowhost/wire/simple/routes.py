@@ -76,7 +76,9 @@ async def _simple(request: Request, app_id: str | None) -> Response:
     if client.wants_sse:
         key = flow.chat_output or next(iter(flow.outputs), "answer")
         return EventStream(adapter.stream(prepared.events(), key), headers)
-    outputs, error = await until_disconnect(request, lambda: adapter.collect(prepared.events()))
+    outputs, error = adapter.answer(
+        await until_disconnect(request, prepared.outcome, prepared=prepared)
+    )
     if error is not None:
         resp = render_error_info(request.url.path, error, prepared.ctx.request_id)
         resp.headers.update(headers)
