@@ -24,6 +24,7 @@ __all__ = [
     "ratio",
     "start_bare",
     "start_fake",
+    "start_floor",
     "start_flowhost",
 ]
 
@@ -144,6 +145,10 @@ def traces_lost(port: int, timeout: float = 30.0) -> float:
 
 def start_bare(servers: Servers, *, cpus: tuple[int, ...] | None) -> ServerProc:
     return servers.start("bare-starlette", ["-m", "bench.baseline_app"], cpus=cpus)
+
+
+def start_floor(servers: Servers, *, cpus: tuple[int, ...] | None) -> ServerProc:
+    return servers.start("floor", ["-m", "bench.floor_app"], cpus=cpus)
 
 
 def start_fake(

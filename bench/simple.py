@@ -24,6 +24,7 @@ from bench.common import (
     post_json,
     ratio,
     start_bare,
+    start_floor,
     start_flowhost,
     traces_lost,
 )
@@ -44,6 +45,8 @@ NO_TRACE = "flowhost, tracing off"
 NO_TRACE_ENV = {"FLOWHOST_ENABLE_TRACING": "false"}
 # And promptflow's own server on the same flow, when it installs in a side venv (no target).
 PROMPTFLOW = "promptflow (pf flow serve)"
+# And the floor: the echo request's durable work with no framework (bench/floor_app.py).
+FLOOR = "floor (bench/floor_app.py)"
 
 
 def _measure(
@@ -84,8 +87,11 @@ def run(cfg: Config) -> Section:
         "`flowhost serve examples/flows/echo --no-history` against "
         "`bench/baseline_app.py` (Starlette + uvicorn, uvloop + httptools, access log off, one "
         f"process). Without `--quick`, a third server, flowhost with "
-        "`FLOWHOST_ENABLE_TRACING=false`, shows what run tracing costs, and promptflow's "
-        "`pf flow serve` (from a side venv, `POST /score`) serves the same flow (no targets). "
+        "`FLOWHOST_ENABLE_TRACING=false`, shows what run tracing costs; `bench/floor_app.py` "
+        "does the echo request's durable work (ids, input check, metrics, a trace row in "
+        "flowhost's trace table) with no framework, the floor a design could reach; and "
+        "promptflow's `pf flow serve` (from a side venv, `POST /score`) serves the same flow "
+        "(no targets). "
         f"{cfg.loadgen.tool}, {fmt_s(cfg.simple_warmup)} warm-up per server, then "
         f"{cfg.simple_rounds} round(s) of {fmt_s(cfg.simple_duration)} per server, the servers "
         "taking turns; latencies in ms (median of the rounds'); server CPU from /proc.",
@@ -101,6 +107,8 @@ def run(cfg: Config) -> Section:
                 servers, cfg, app="echo", cpus=cfg.pinning.server, env=NO_TRACE_ENV
             )
             paths[NO_TRACE] = "/"
+            targets[FLOOR] = start_floor(servers, cpus=cfg.pinning.server)
+            paths[FLOOR] = "/"
             pf = promptflow_exe(sec.notes)
             if pf is not None:
                 try:

@@ -3,7 +3,9 @@ those belong to ``make bench``)."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,11 @@ import httpx
 import pytest
 from bench.common import traces_lost
 from bench.knowledge import SHAPES, _retrieval
+from bench.procs import Pinning, Servers
+from sqlalchemy import MetaData, create_engine, select
 
 from flowhost.knowledge.lancedb_store import IVF_MIN_ROWS
+from flowhost.store.traces import TraceNames, trace_table
 
 pytestmark = pytest.mark.anyio
 CHUNKS = 3000
@@ -64,3 +69,39 @@ def test_lost_traces_are_read_from_a_real_servers_metrics(
     text = httpx.get(f"{server.url}/metrics").text
     assert 'flowhost_trace_runs_lost_total{reason="dropped"} 0.0' in text
     assert traces_lost(server.port) == 0.0
+
+
+def test_the_floor_app_answers_as_flowhost_and_stores_a_trace_row_flowhost_reads(
+    tmp_path: Path,
+) -> None:
+    """``bench simple``'s floor server does the echo app's durable work: the same answer, and
+    each run's trace as a row of flowhost's trace table that flowhost's own types read."""
+    with Servers(Pinning.detect(enabled=False)) as servers:
+        floor = servers.start(
+            "floor", ["-m", "bench.floor_app", "--data-dir", str(tmp_path)], cpus=None
+        )
+        with httpx.Client(base_url=floor.url) as client:
+            answer = client.post("/", json={"question": "hi"}, headers={"x-request-id": "r-1"})
+            bad = client.post("/", json={"question": 3})
+        assert (answer.status_code, answer.content) == (200, b'{"answer":"echo: hi"}')
+        assert answer.headers["x-request-id"] == "r-1"
+        assert bad.status_code == 400
+        table = trace_table(TraceNames("floor"), MetaData())
+        engine = create_engine(f"sqlite:///{tmp_path / 'floor.db'}")
+        deadline = time.monotonic() + 10
+        try:
+            while True:  # written within BATCH_WINDOW of the answer
+                with engine.connect() as conn:
+                    rows = conn.execute(select(table)).mappings().all()
+                if rows or time.monotonic() > deadline:
+                    break
+        finally:
+            engine.dispose()
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["trace_id"] == answer.headers["x-trace-id"]
+    assert row["start_time"] <= row["end_time"]
+    assert row["start_time"].tzinfo is not None  # flowhost's UTCDateTime read the stored text
+    assert row["attributes"]["flowhost.request_id"] == "r-1"
+    assert json.loads(row["attributes"]["output.value"]) == {"answer": "echo: hi"}
+    assert [s["name"] for s in row["spans"]] == ["echo"]
