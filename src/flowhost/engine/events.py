@@ -12,8 +12,10 @@ Order guarantees for one run:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Literal
+
+from flowhost.frozen import frozen
 
 __all__ = [
     "ErrorInfo",
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ModelUsage:
     """Tokens spent on one model during a run (summed over its calls)."""
 
@@ -41,7 +43,7 @@ class ModelUsage:
     output_tokens: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ErrorInfo:
     """What went wrong, in a form every protocol can render.
 
@@ -70,7 +72,7 @@ class ErrorInfo:
         return d
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RunStarted:
     run_id: str
     app_id: str
@@ -79,7 +81,7 @@ class RunStarted:
     kind: Literal["RunStarted"] = "RunStarted"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NodeStarted:
     run_id: str
     node: str
@@ -88,7 +90,7 @@ class NodeStarted:
     kind: Literal["NodeStarted"] = "NodeStarted"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NodeDelta:
     """A streamed fragment of a node's output (LLM token chunk or generator item)."""
 
@@ -99,7 +101,7 @@ class NodeDelta:
     kind: Literal["NodeDelta"] = "NodeDelta"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NodeFinished:
     run_id: str
     node: str
@@ -115,7 +117,7 @@ class NodeFinished:
     kind: Literal["NodeFinished"] = "NodeFinished"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NodeFailed:
     run_id: str
     node: str
@@ -130,7 +132,7 @@ class NodeFailed:
     kind: Literal["NodeFailed"] = "NodeFailed"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NodeSkipped:
     """The node's ``activate`` condition was false, or it depends on a skipped node."""
 
@@ -141,7 +143,7 @@ class NodeSkipped:
     kind: Literal["NodeSkipped"] = "NodeSkipped"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class OutputDelta:
     """A streamed fragment of flow output ``name`` (the output references a streaming node)."""
 
@@ -152,7 +154,7 @@ class OutputDelta:
     kind: Literal["OutputDelta"] = "OutputDelta"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class OutputReady:
     """Flow output ``name`` is complete. ``streamed`` says whether OutputDeltas preceded it."""
 
@@ -164,7 +166,7 @@ class OutputReady:
     kind: Literal["OutputReady"] = "OutputReady"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RunFinished:
     run_id: str
     outputs: dict[str, Any]
@@ -174,7 +176,7 @@ class RunFinished:
     kind: Literal["RunFinished"] = "RunFinished"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RunFailed:
     run_id: str
     error: ErrorInfo

@@ -34,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import sqlite
 
+from flowhost.frozen import frozen
 from flowhost.jsontext import compact_json
 from flowhost.store.engine import translate_errors
 from flowhost.store.names import ServiceNames, service_names
@@ -115,7 +116,7 @@ def trace_table(names: ServiceNames | TraceNames, metadata: MetaData) -> Table:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpanRecord:
     """One span of a stored trace. ``status``: completed, failed, canceled or skipped."""
 
@@ -131,7 +132,7 @@ class SpanRecord:
     attributes: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RunRecord:
     """One stored run: its root span in columns, its node spans in ``spans``.
 
