@@ -30,7 +30,6 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
     import aiohttp
     import openai
 
+from flowhost.frozen import frozen
 from flowhost.jsontext import compact_json, parse_json
 from flowhost.llm.connections import Connection
 
@@ -51,7 +51,7 @@ _DRAIN_TIMEOUT = 0.1  # as the SDK: after [DONE], read the end of the body this 
 MAX_CONNECTIONS = 10_000  # per LLM connection, unless FLOWHOST_LLM_MAX_CONNECTIONS says otherwise
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ChatChunk:
     """A content delta, or (at the end) the usage of the call."""
 

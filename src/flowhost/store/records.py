@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, get_args
+
+from flowhost.frozen import frozen
 
 __all__ = [
     "ANY_USER",
@@ -64,7 +66,7 @@ def check_length(what: str, value: str | None, limit: int) -> None:
         raise ValueError(f"{what} is longer than {limit} characters")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SessionRecord:
     """One chat session."""
 
@@ -77,7 +79,7 @@ class SessionRecord:
     turn_count: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TurnRecord:
     """One stored turn: a run's inputs and outputs. ``id`` orders the turns of a session."""
 
@@ -95,7 +97,7 @@ class TurnRecord:
     usage: dict[str, Any] | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NewTurn:
     """A turn to append. ``created_at`` defaults to now."""
 

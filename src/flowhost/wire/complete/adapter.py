@@ -7,7 +7,7 @@ With ``stream: false`` the same information comes back as one JSON body (``colle
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from flowhost.engine.events import (
@@ -24,12 +24,13 @@ from flowhost.engine.events import (
     RunStarted,
 )
 from flowhost.flows.loader import Flow
+from flowhost.frozen import frozen
 from flowhost.wire.sse import dumps, iso_time, sse
 
 __all__ = ["ResponseConfig", "collect", "stream", "translate"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ResponseConfig:
     include_node_description: bool = False
     include_node_display_name: bool = False

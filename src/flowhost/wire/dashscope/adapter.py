@@ -34,6 +34,7 @@ from flowhost.engine.events import (
     RunStarted,
 )
 from flowhost.engine.executor import sum_usage
+from flowhost.frozen import frozen
 from flowhost.knowledge.references import doc_references
 from flowhost.tracing.attributes import MIN_SECRET_LEN, Redactor
 from flowhost.wire.chat import aclose, output_text
@@ -53,7 +54,7 @@ def error_body(code: str, message: str, request_id: str) -> dict[str, Any]:
     return {"code": code, "message": message, "request_id": request_id}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Options:
     session_id: str
     request_id: str

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from flowhost.engine.events import (
@@ -21,6 +20,7 @@ from flowhost.engine.events import (
     RunFailed,
     RunFinished,
 )
+from flowhost.frozen import frozen
 from flowhost.wire.chat import aclose, output_text
 from flowhost.wire.sse import dumps, sse
 
@@ -45,7 +45,7 @@ def error_body(status: int, code: str, message: str, param: str | None = None) -
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Completion:
     """Identity of one completion: what every chunk repeats."""
 
