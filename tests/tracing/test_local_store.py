@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +232,25 @@ async def test_the_migration_matches_the_table(
     finally:
         await drop_service(store.engine.url.render_as_string(hide_password=False), store.service)
         await store.close()
+
+
+async def test_run_times_round_trip_in_any_zone_and_naive_ones_are_refused(
+    repo: TraceRepository,
+) -> None:
+    """SQLite rows are bound by hand (``_sqlite_row``): times in UTC (every run's) and in
+    another zone read back as the same instants, as SQLAlchemy's own binding would store them."""
+    utc = datetime(2026, 12, 7, 6, 30, 1, 250, tzinfo=UTC)
+    zoned = datetime(2026, 12, 7, 8, 30, 2, tzinfo=timezone(timedelta(hours=2)))
+    whole = datetime(2026, 12, 7, 6, 30, 3, tzinfo=UTC)  # no microseconds: still 6 digits
+    await repo.add_runs(
+        [
+            record("a", "1", age_days=0, start_time=utc, end_time=zoned),
+            record("b", "2", age_days=0, start_time=whole, end_time=whole),
+        ]
+    )
+    runs, _ = await repo.list_runs(TraceQuery(), limit=9, offset=0)
+    got = {r.trace_id[0]: (r.start_time, r.end_time) for r in runs}
+    assert got == {"a": (utc, zoned), "b": (whole, whole)}
+    assert got["a"][1].tzinfo == UTC
+    with pytest.raises(ValueError, match="naive"):
+        await repo.add_runs([record("c", "3", age_days=0, start_time=datetime(2026, 1, 1))])

@@ -239,6 +239,8 @@ def _row(run: RunRecord) -> dict[str, Any]:
 
 def _sqlite_time(value: datetime) -> str:
     """As SQLAlchemy's SQLite ``DATETIME`` stores a ``UTCDateTime``: naive UTC text."""
+    if value.tzinfo is UTC:  # every run's times (to_record): a third of the cost
+        return value.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
     if value.tzinfo is None:
         raise ValueError("naive datetime given to the store; use an aware (UTC) datetime")
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
