@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "serve"]
 
 
 async def answer(request: Request) -> Response:
@@ -39,10 +40,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args(argv)
+    serve(app, args.host, args.port)
+
+
+def serve(asgi_app: Any, host: str, port: int) -> None:
+    """``asgi_app`` on the uvicorn settings every comparison server shares (see the module)."""
     uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
+        asgi_app,
+        host=host,
+        port=port,
         loop="uvloop",
         http="httptools",
         workers=None,

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
-import uvicorn
 from prometheus_client import Counter, Histogram
 from sqlalchemy import MetaData, create_engine, insert
 from sqlalchemy.dialects import sqlite
 
+from bench.baseline_app import serve
 from flowhost.ids import new_trace_id, uuid7
 from flowhost.store.traces import TraceNames, trace_table
 
@@ -226,17 +226,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, help="where floor.db goes [a temporary folder]")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="flowhost-floor-") as tmp:
-        uvicorn.run(
-            Floor(args.data_dir or Path(tmp)),
-            host=args.host,
-            port=args.port,
-            loop="uvloop",
-            http="httptools",
-            workers=None,
-            access_log=False,
-            server_header=False,
-            log_level="info",
-        )
+        serve(Floor(args.data_dir or Path(tmp)), args.host, args.port)
 
 
 if __name__ == "__main__":
