@@ -58,6 +58,8 @@ _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
 def _scope() -> dict[str, Any]:
+    from flowhost.server.middleware import BODY_COMPLETE
+
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -75,6 +77,9 @@ def _scope() -> dict[str, Any]:
         ],
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 8000),
+        # as flowhost's protocol marks a request whose whole body has arrived (an app that
+        # does not know the key ignores it)
+        BODY_COMPLETE: True,
     }
 
 

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 from starlette.types import Message, Receive, Scope, Send
+from uvicorn.server import ServerState
 
-from flowhost.server.middleware import RequestContextMiddleware, RequestTimeout
+from flowhost.server.middleware import BODY_COMPLETE, RequestContextMiddleware, RequestTimeout
+from flowhost.server.protocol import FlowhostHttpProtocol, ServerConfig
 
 pytestmark = pytest.mark.anyio
 
@@ -107,3 +109,75 @@ async def test_a_cancellation_from_above_is_not_a_timeout() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_request_marked_complete_by_the_server_arms_no_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``BODY_COMPLETE`` in the scope (``FlowhostHttpProtocol`` sets it once the whole body is
+    in): the body is read without ``asyncio.timeout_at``; unmarked, the same body takes one."""
+    armed: list[float | None] = []
+    real = asyncio.timeout_at
+
+    def counting(when: float | None) -> asyncio.Timeout:
+        armed.append(when)
+        return real(when)
+
+    monkeypatch.setattr(asyncio, "timeout_at", counting)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive())["body"] == b"{}"
+
+    for marked in (True, False):
+        client = Client()
+        client.feed(b"{}", more=False)
+        mw = RequestContextMiddleware(app, token=None, max_body_bytes=1000, body_timeout=DEADLINE)
+        await mw(
+            {**scope(), BODY_COMPLETE: True} if marked else scope(), client.receive, client.send
+        )
+        assert len(armed) == (0 if marked else 1)
+
+
+class Transport:
+    """What ``FlowhostHttpProtocol`` needs of a transport to parse requests (nothing sent)."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _app(scope: Scope, receive: Receive, send: Send) -> None:
+    await receive()
+
+
+def test_the_server_marks_a_request_once_its_whole_body_is_in() -> None:
+    config = ServerConfig(_app, lifespan="off")
+    config.load()
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = FlowhostHttpProtocol(config, ServerState(), {}, loop)
+        protocol.connection_made(Transport())  # type: ignore[arg-type]
+        protocol.data_received(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\n{}")
+        first = protocol.scope
+        assert BODY_COMPLETE not in first  # half the body: a receive may still wait
+        protocol.data_received(b"[]")
+        assert first[BODY_COMPLETE] is True  # type: ignore[typeddict-item]
+        protocol.data_received(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        assert protocol.scope is not first  # a pipelined request: its own scope, marked
+        assert protocol.scope[BODY_COMPLETE] is True  # type: ignore[typeddict-item]
+    finally:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,7 +16,7 @@ from flowhost.exceptions import PayloadTooLarge, RequestError, Unauthorized
 from flowhost.ids import uuid7
 from flowhost.server.errors import render_error
 
-__all__ = ["OPEN_PATHS", "RequestContextMiddleware", "RequestTimeout"]
+__all__ = ["BODY_COMPLETE", "OPEN_PATHS", "RequestContextMiddleware", "RequestTimeout"]
 
 OPEN_PATHS = frozenset(
     {
@@ -29,6 +30,10 @@ OPEN_PATHS = frozenset(
     }
 )
 OPEN_PREFIXES = ("/ui",)
+# Set to True in a request's scope by the server (``FlowhostHttpProtocol``) once the request's
+# whole body has arrived: a receive then cannot wait, and needs no deadline (an
+# ``asyncio.timeout_at`` per receive was ~4% of a small flow's request).
+BODY_COMPLETE: Final = "flowhost.body_complete"
 
 
 class RequestTimeout(RequestError):
@@ -91,7 +96,7 @@ class RequestContextMiddleware:
 
         async def limited_receive() -> Message:
             nonlocal seen, body_done, timed_out
-            if body_done or deadline is None:
+            if body_done or deadline is None or scope.get(BODY_COMPLETE):
                 message = await receive()
             else:
                 try:

@@ -11,7 +11,9 @@ header forever (200 MB of it grew a server to 305 MB) or open connections and se
   byte; a new connection that sends nothing at all in that time is closed without an answer
   (checked every quarter of the timeout: a late head is refused within 1.25 times it).
 
-Between requests of a kept-alive connection, uvicorn's own keep-alive timeout applies. The
+A request whose whole body has arrived is marked in its scope (``BODY_COMPLETE``): the body
+deadline of ``RequestContextMiddleware`` need not watch its receives. Between requests of a
+kept-alive connection, uvicorn's own keep-alive timeout applies. The
 limits come from ``ServerConfig`` (``uvicorn.Config`` with two more settings): worker
 processes get the config as uvicorn pickles it to them.
 """
@@ -29,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from flowhost.ids import uuid7
 from flowhost.metrics import HEADS_REFUSED
 from flowhost.server.errors import problem
+from flowhost.server.middleware import BODY_COMPLETE
 
 __all__ = ["HEADER_TIMEOUT_S", "MAX_HEADER_BYTES", "FlowhostHttpProtocol", "ServerConfig"]
 
@@ -183,6 +186,7 @@ class FlowhostHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         if not self._head.refused:
+            self.scope[BODY_COMPLETE] = True  # type: ignore[typeddict-unknown-key]
             super().on_message_complete()
 
     # -- limits ------------------------------------------------------------------------------
