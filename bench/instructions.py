@@ -131,6 +131,7 @@ async def _child(target: str, requests: int, warmup: int, sync: Path) -> None:
         pipeline.batch_window = 3600.0  # written by the flushes below (see the module)
     statuses: list[int] = []
     hang = asyncio.Event()  # never set: a request's second receive waits, as for a live client
+    scope = _scope()  # built once (it imports): each request gets a copy, as each gets its own
 
     async def one() -> None:
         sent = False
@@ -147,7 +148,7 @@ async def _child(target: str, requests: int, warmup: int, sync: Path) -> None:
             if message["type"] == "http.response.start":
                 statuses.append(message["status"])
 
-        await app(_scope(), receive, send)
+        await app({**scope, "headers": list(scope["headers"])}, receive, send)
 
     async def load(per_task: int) -> None:
         async def task() -> None:
