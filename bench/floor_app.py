@@ -76,6 +76,7 @@ class Floor:
         self.pending: list[tuple[Any, ...]] = []
         self.wake: asyncio.Event | None = None
         self.flusher: asyncio.Task[None] | None = None
+        self.batch_window = BATCH_WINDOW
 
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
         self.db.execute("BEGIN IMMEDIATE")
@@ -86,9 +87,15 @@ class Floor:
         assert self.wake is not None
         while True:
             await self.wake.wait()
-            await asyncio.sleep(BATCH_WINDOW)
-            self.wake.clear()
-            batch, self.pending = self.pending, []
+            await asyncio.sleep(self.batch_window)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write every queued run now."""
+        assert self.wake is not None
+        self.wake.clear()
+        batch, self.pending = self.pending, []
+        if batch:
             await asyncio.to_thread(self._write, [_row(*run) for run in batch])
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -1,6 +1,6 @@
 """Instructions per request of the echo app, counted by valgrind: an A/B that noise cannot move.
 
-``python -m bench.instructions [--requests N] [--targets bare,off,on]``
+``python -m bench.instructions [--requests N] [--targets bare,off,on,floor]``
 
 Timings on a shared machine drift by 20-50% between runs (see RESULTS.md), far more than most
 changes to the request path are worth. Instructions executed do not drift: the same code, input
@@ -12,15 +12,18 @@ up, and the parent turns counting on (``callgrind_control``) for exactly ``N`` r
 - ``bare``: ``bench/baseline_app.py`` (Starlette);
 - ``off``: ``flowhost serve examples/flows/echo --no-history`` with tracing off;
 - ``on``: the same with tracing on; every measured run's spans are written to the local store
-  inside the counted window.
+  inside the counted window;
+- ``floor``: ``bench/floor_app.py``, the echo request's durable work with no framework (its
+  trace rows, too, are written inside the window).
 
 Under valgrind a request lasts ~50x longer, so three wall-clock mechanisms are set to what they
 do at full speed: the disconnect watcher (started 20 ms into a request, which no echo request
 reaches) is off; the echo function stays on the event loop (``InlinePolicy`` sends a sync
 function back to the thread pool when a call takes over 2 ms of wall time, which valgrind and a
-busy machine together made common: counts then rose by half); and the span pipeline writes its
-batches at the end of the window (1,000 runs a transaction) rather than every 20 ms (which
-valgrind's slowness would shrink to 1-run batches). What the count leaves out: uvicorn and
+busy machine together made common: counts then rose by half); and the span pipeline (the
+floor's writer too) writes its batches at the end of the window (1,000 runs a transaction;
+the floor's: all of them) rather than every 20 ms (which valgrind's slowness would shrink to
+1-run batches). What the count leaves out: uvicorn and
 httptools (the same under both apps), and time spent waiting. A count is the whole process's,
 all threads.
 
@@ -47,7 +50,7 @@ from typing import Any
 __all__ = ["count", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ("bare", "off", "on")
+TARGETS = ("bare", "off", "on", "floor")
 CONCURRENCY = 32
 WARMUP_PER_TASK = 100
 BODY = b'{"question": "hi"}'
@@ -88,6 +91,10 @@ def _build(target: str, data_dir: Path) -> Any:
         from bench.baseline_app import app
 
         return app
+    if target == "floor":
+        from bench.floor_app import Floor
+
+        return Floor(data_dir)
     import flowhost.wire.http
     from flowhost.config import Settings
     from flowhost.nodes.python import InlinePolicy
@@ -125,8 +132,12 @@ async def _child(target: str, requests: int, warmup: int, sync: Path) -> None:
         )
     )
     await started.wait()
-    tracing = getattr(app.state, "tracing", None) if target != "bare" else None
-    pipeline = tracing.pipeline if tracing is not None else None
+    pipeline: Any = None  # what writes the traces: flowhost's span pipeline, or the floor
+    if target == "floor":
+        pipeline = app
+    elif target != "bare":
+        tracing = getattr(app.state, "tracing", None)
+        pipeline = tracing.pipeline if tracing is not None else None
     if pipeline is not None:
         pipeline.batch_window = 3600.0  # written by the flushes below (see the module)
     statuses: list[int] = []
@@ -243,7 +254,7 @@ def _await_file(path: Path, limit_s: float, proc: subprocess.Popen[bytes] | None
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions")
     parser.add_argument("--requests", type=int, default=3200, help="counted requests per target")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="of bare, off, on")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="of bare, off, on, floor")
     parser.add_argument(
         "--warmup", type=int, default=WARMUP_PER_TASK, help="uncounted requests per coroutine"
     )
@@ -270,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     if "bare" in results:
-        for target in ("off", "on"):
+        for target in ("off", "on", "floor"):
             if target in results:
                 print(f"{target}/bare: {results[target] / results['bare']:.2f}")
     return 0
