@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,14 @@ from tracing_support import MakeTraced
 
 from flowhost.store import Store
 from flowhost.store.names import service_names
-from flowhost.store.traces import RunRecord, SpanRecord, TraceQuery, TraceRepository, trace_table
+from flowhost.store.traces import (
+    RunRecord,
+    SpanRecord,
+    TraceQuery,
+    TraceRepository,
+    trace_table,
+    utc_from_ns,
+)
 from flowhost.testing.databases import drop_service
 from flowhost.tracing.pipeline import SpanPipeline
 from flowhost.tracing.spans import SpanData
@@ -28,8 +35,12 @@ from flowhost.tracing.spans import SpanData
 pytestmark = pytest.mark.anyio
 
 
+def ns(when: datetime) -> int:
+    return (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+
+
 def record(trace: str, span: str, *, age_days: float, **kw: Any) -> RunRecord:
-    start = datetime.now(UTC) - timedelta(days=age_days)
+    start = ns(datetime.now(UTC) - timedelta(days=age_days))
     fields: dict[str, Any] = {
         "trace_id": trace * 32,
         "span_id": span * 16,
@@ -39,8 +50,8 @@ def record(trace: str, span: str, *, age_days: float, **kw: Any) -> RunRecord:
         "run_id": f"run-{trace}",
         "app_id": "app",
         "session_id": None,
-        "start_time": start,
-        "end_time": start + timedelta(milliseconds=5),
+        "start_ns": start,
+        "end_ns": start + 5_000_000,
         "duration_us": 5000,
         "input_tokens": None,
         "output_tokens": None,
@@ -234,23 +245,29 @@ async def test_the_migration_matches_the_table(
         await store.close()
 
 
-async def test_run_times_round_trip_in_any_zone_and_naive_ones_are_refused(
+async def test_run_times_round_trip_to_the_microsecond_and_compare_as_sqlalchemy_binds(
     repo: TraceRepository,
 ) -> None:
-    """SQLite rows are bound by hand (``_sqlite_row``): times in UTC (every run's) and in
-    another zone read back as the same instants, as SQLAlchemy's own binding would store them."""
+    """SQLite rows are bound by hand (``_sqlite_row``, times from nanoseconds): they read back
+    as the same instants (truncated to the microsecond), and compare with times SQLAlchemy
+    binds (``TraceQuery.since``) as its own text would."""
     utc = datetime(2026, 12, 7, 6, 30, 1, 250, tzinfo=UTC)
-    zoned = datetime(2026, 12, 7, 8, 30, 2, tzinfo=timezone(timedelta(hours=2)))
     whole = datetime(2026, 12, 7, 6, 30, 3, tzinfo=UTC)  # no microseconds: still 6 digits
     await repo.add_runs(
         [
-            record("a", "1", age_days=0, start_time=utc, end_time=zoned),
-            record("b", "2", age_days=0, start_time=whole, end_time=whole),
+            record("a", "1", age_days=0, start_ns=ns(utc) + 999, end_ns=ns(whole)),
+            record("b", "2", age_days=0, start_ns=ns(whole), end_ns=ns(whole) + 1_000),
         ]
     )
     runs, _ = await repo.list_runs(TraceQuery(), limit=9, offset=0)
     got = {r.trace_id[0]: (r.start_time, r.end_time) for r in runs}
-    assert got == {"a": (utc, zoned), "b": (whole, whole)}
-    assert got["a"][1].tzinfo == UTC
-    with pytest.raises(ValueError, match="naive"):
-        await repo.add_runs([record("c", "3", age_days=0, start_time=datetime(2026, 1, 1))])
+    assert got == {"a": (utc, whole), "b": (whole, whole + timedelta(microseconds=1))}
+    assert got["a"][0].tzinfo == UTC
+    assert [r.start_ns for r in runs] == [ns(whole), ns(utc)]
+    assert utc_from_ns(ns(utc) + 999) == utc
+    exact = await repo.list_runs(TraceQuery(since=whole), limit=9, offset=0)
+    assert [r.trace_id[0] for r in exact[0]] == ["b"]
+    later = await repo.list_runs(
+        TraceQuery(since=utc + timedelta(microseconds=1)), limit=9, offset=0
+    )
+    assert [r.trace_id[0] for r in later[0]] == ["b"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from opentelemetry.sdk.resources import Resource
@@ -142,8 +141,8 @@ def to_record(run: SpanData, nodes: Sequence[SpanData]) -> RunRecord:
         run_id=_str(a.get("flowhost.run_id")),
         app_id=_str(a.get("flowhost.app_id")),
         session_id=_str(a.get("session.id")),
-        start_time=datetime.fromtimestamp(run.start_ns / 1e9, UTC),
-        end_time=datetime.fromtimestamp(end / 1e9, UTC),
+        start_ns=run.start_ns,
+        end_ns=end,
         duration_us=(end - run.start_ns) // 1000,
         input_tokens=_int(a.get("flowhost.usage.input_tokens")),
         output_tokens=_int(a.get("flowhost.usage.output_tokens")),
