@@ -213,6 +213,22 @@ def test_bad_complete_mode_bodies(fixtures_server: Any) -> None:
         assert r.json()["field"] == field
 
 
+def test_simple_mode_body_sent_to_run_is_told_where_inputs_go(fixtures_server: Any) -> None:
+    """A body without ``inputs`` that names a flow input was meant for simple mode: the error
+    says where the input goes, not that the input it holds is missing."""
+    r = requests.post(
+        f"{fixtures_server.url}/apps/described/run",
+        json={"question": "q", "stream": False},
+        headers=fixtures_server.headers,
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "inputs"
+    assert r.json()["detail"] == (
+        'complete mode takes the flow inputs under "inputs": send {"inputs": {"question": ...}}, '
+        'not "question" at the top level'
+    )
+
+
 def test_null_inputs_and_stream_mean_the_defaults(fixtures_server: Any) -> None:
     """Seed 000: ``inputs`` defaults to None; a null is read as the field left out."""
     url = f"{fixtures_server.url}/apps/described/run"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import pydantic
@@ -60,10 +61,27 @@ def parse_run_body(body: dict[str, Any]) -> RunBody:
         raise InvalidInput(f"{field}: {err['msg']}", field=field) from None
 
 
+def _refuse_top_level_inputs(body: dict[str, Any], names: Iterable[str]) -> None:
+    """Simple mode takes the flow inputs as the body, complete mode under ``inputs``: a body
+    without ``inputs`` that names a flow input was meant for the other mode; running it with
+    no inputs would answer "missing required input" about an input the client did send."""
+    if "inputs" in body:
+        return
+    sent = [name for name in names if name in body]
+    if sent:
+        raise InvalidInput(
+            f'complete mode takes the flow inputs under "inputs": send {{"inputs": '
+            f'{{"{sent[0]}": ...}}}}, not "{sent[0]}" at the top level',
+            field="inputs",
+        )
+
+
 async def _complete(request: Request, app_id: str | None) -> Response:
     svc = get_service(request)
-    run_body = parse_run_body(await read_json_object(request))
+    body = await read_json_object(request)
     app = svc.apps.get(app_id)
+    _refuse_top_level_inputs(body, app.flow.spec.inputs)
+    run_body = parse_run_body(body)
     hist_key = app.flow.chat_history
     history = run_body.inputs.get(hist_key) if hist_key else None
     client = client_headers(request)
