@@ -20,6 +20,7 @@ __all__ = [
     "fmt_s",
     "llm_env",
     "loaded_libs",
+    "main_thread_cpu_seconds",
     "post_json",
     "ratio",
     "start_bare",
@@ -87,12 +88,23 @@ def ratio(a: float, b: float) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """user + system CPU time of ``pid`` so far (0.0 when it is gone)."""
+    return _stat_cpu(Path(f"/proc/{pid}/stat"))
+
+
+def _stat_cpu(path: Path) -> float:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = path.read_text()
     except OSError:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """user + system CPU time of the main thread of ``pid`` so far (the event loop's, in the
+    servers here; ``cpu_seconds`` minus this is the other threads': a store's writer, worker
+    threads); 0.0 when it is gone."""
+    return _stat_cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
 
 
 def loaded_libs(pid: int) -> set[str]:

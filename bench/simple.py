@@ -21,6 +21,7 @@ from bench.common import (
     fmt_ms,
     fmt_s,
     loaded_libs,
+    main_thread_cpu_seconds,
     post_json,
     ratio,
     start_bare,
@@ -51,14 +52,15 @@ FLOOR = "floor (bench/floor_app.py)"
 
 def _measure(
     cfg: Config, srv: ServerProc, conns: int, path: str, *, warm: bool
-) -> tuple[LoadResult, float]:
+) -> tuple[LoadResult, float, float]:
+    """The load's result, the server's CPU seconds meanwhile, and those of its main thread."""
     body = json.dumps(BODY).encode()
     url = f"{srv.url}{path}"
     if warm:
         cfg.loadgen.run(url, body, connections=conns, duration=cfg.simple_warmup)
-    cpu0 = cpu_seconds(srv.pid)
+    cpu0, main0 = cpu_seconds(srv.pid), main_thread_cpu_seconds(srv.pid)
     res = cfg.loadgen.run(url, body, connections=conns, duration=cfg.simple_duration)
-    return res, cpu_seconds(srv.pid) - cpu0
+    return res, cpu_seconds(srv.pid) - cpu0, main_thread_cpu_seconds(srv.pid) - main0
 
 
 def _combine(rounds: list[LoadResult]) -> LoadResult:
@@ -94,7 +96,8 @@ def run(cfg: Config) -> Section:
         "(no targets). "
         f"{cfg.loadgen.tool}, {fmt_s(cfg.simple_warmup)} warm-up per server, then "
         f"{cfg.simple_rounds} round(s) of {fmt_s(cfg.simple_duration)} per server, the servers "
-        "taking turns; latencies in ms (median of the rounds'); server CPU from /proc.",
+        "taking turns; latencies in ms (median of the rounds'); server CPU from /proc (user + "
+        "system; \"other threads\": all but the event loop's, such as the trace store's writer).",
     )
     with Servers(cfg.pinning) as servers:
         targets: dict[str, ServerProc] = {
@@ -129,7 +132,7 @@ def run(cfg: Config) -> Section:
                 sec.notes.append(
                     f"{name} has not loaded uvloop + httptools (found: {sorted(libs)})"
                 )
-        runs: dict[tuple[str, int], list[tuple[LoadResult, float]]] = {}
+        runs: dict[tuple[str, int], list[tuple[LoadResult, float, float]]] = {}
         for conns in CONNECTIONS:
             for turn in range(cfg.simple_rounds):
                 for name, srv in targets.items():
@@ -150,18 +153,35 @@ def run(cfg: Config) -> Section:
             "(flowhost_trace_runs_lost_total): its figures leave that work out"
         )
     results = {
-        key: (_combine([r for r, _ in rounds]), sum(cpu for _, cpu in rounds))
+        key: (
+            _combine([r for r, _, _ in rounds]),
+            sum(cpu for _, cpu, _ in rounds),
+            sum(main for _, _, main in rounds),
+        )
         for key, rounds in runs.items()
     }
 
     def ratios(name: str, conns: int) -> list[float]:
         """flowhost/bare req/s, round by round."""
         pairs = zip(runs[name, conns], runs["bare", conns], strict=True)
-        return [ratio(f.rps, b.rps) for (f, _), (b, _) in pairs]
+        return [ratio(f.rps, b.rps) for (f, _, _), (b, _, _) in pairs]
 
-    rows = [["conns", "server", "req/s", "p50", "p90", "p99", "server CPU µs/req", "errors"]]
-    for (name, conns), (res, cpu) in results.items():
+    rows = [
+        [
+            "conns",
+            "server",
+            "req/s",
+            "p50",
+            "p90",
+            "p99",
+            "server CPU µs/req",
+            "of it, other threads",
+            "errors",
+        ]
+    ]
+    for (name, conns), (res, cpu, main) in results.items():
         per_req = cpu / res.requests * 1e6 if res.requests else 0.0
+        others = max(cpu - main, 0.0) / res.requests * 1e6 if res.requests else 0.0
         rows.append(
             [
                 str(conns),
@@ -171,6 +191,7 @@ def run(cfg: Config) -> Section:
                 fmt_ms(res.p90_ms),
                 fmt_ms(res.p99_ms),
                 f"{per_req:,.0f}",
+                f"{others:,.0f}",
                 res.error_text(),
             ]
         )

@@ -4,7 +4,9 @@ those belong to ``make bench``)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from bench.common import traces_lost
+from bench.common import cpu_seconds, main_thread_cpu_seconds, traces_lost
 from bench.knowledge import SHAPES, _retrieval
 from bench.procs import Pinning, Servers
 from sqlalchemy import MetaData, create_engine, select
@@ -42,6 +44,26 @@ async def test_knowledge_recall_is_measured_against_the_right_exact_results(
     assert rows["no rag_options (all 10 bases)"] == CHUNKS
     assert rows["pipeline_ids (1 of 10 bases)"] == CHUNKS // 10
     assert rows["file_ids (2 files)"] == 10  # file_11 (file_303 is beyond 3,000 chunks), 2 bases
+
+
+def test_the_main_threads_cpu_is_told_apart_from_the_other_threads() -> None:
+    """``bench simple`` shows the CPU a server spends outside its event loop's thread (the
+    trace store's writer): a thread that burns CPU here counts in the process, not the main."""
+    pid = os.getpid()
+    total0, main0 = cpu_seconds(pid), main_thread_cpu_seconds(pid)
+
+    def burn() -> None:
+        start = time.thread_time()
+        while time.thread_time() - start < 0.3:
+            pass
+
+    worker = threading.Thread(target=burn)
+    worker.start()
+    worker.join()
+    total, main = cpu_seconds(pid) - total0, main_thread_cpu_seconds(pid) - main0
+    assert total >= 0.25
+    assert main <= total - 0.2
+    assert main_thread_cpu_seconds(2**22 + 1) == 0.0  # no such process
 
 
 def test_instruction_counts_are_repeatable_and_see_the_app() -> None:
