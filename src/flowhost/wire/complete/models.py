@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flowhost.exceptions import InvalidInput
 from flowhost.wire.http import null_is_the_default
 
 
@@ -32,6 +34,22 @@ class RunBody(BaseModel):
 
     # seed 000 gives inputs the default None ("ignored" for a flow without inputs)
     nulls_are_defaults = field_validator("inputs", "stream", mode="before")(null_is_the_default)
+
+
+def refuse_top_level_inputs(body: dict[str, Any], names: Iterable[str]) -> None:
+    """Simple mode takes the flow inputs as the body, complete mode under ``inputs``: a body
+    without ``inputs`` that names a flow input was meant for the other mode; running it with
+    no inputs would answer "missing required input" about an input the client did send. A flow
+    input named as a field of the body (``stream``, say) does not count."""
+    if "inputs" in body:
+        return
+    sent = [name for name in names if name in body and name not in RunBody.model_fields]
+    if sent:
+        raise InvalidInput(
+            f'complete mode takes the flow inputs under "inputs": send {{"inputs": '
+            f'{{"{sent[0]}": ...}}}}, not "{sent[0]}" at the top level',
+            field="inputs",
+        )
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import pydantic
@@ -14,7 +13,7 @@ from flowhost.knowledge.filters import parse_rag_options
 from flowhost.server.hot import hot
 from flowhost.service import RunRequest
 from flowhost.wire.complete import adapter
-from flowhost.wire.complete.models import RunBody, inline_schema
+from flowhost.wire.complete.models import RunBody, inline_schema, refuse_top_level_inputs
 from flowhost.wire.http import (
     RUN_HEADER_PARAMETERS,
     EventStream,
@@ -61,26 +60,11 @@ def parse_run_body(body: dict[str, Any]) -> RunBody:
         raise InvalidInput(f"{field}: {err['msg']}", field=field) from None
 
 
-def _refuse_top_level_inputs(body: dict[str, Any], names: Iterable[str]) -> None:
-    """Simple mode takes the flow inputs as the body, complete mode under ``inputs``: a body
-    without ``inputs`` that names a flow input was meant for the other mode; running it with
-    no inputs would answer "missing required input" about an input the client did send."""
-    if "inputs" in body:
-        return
-    sent = [name for name in names if name in body]
-    if sent:
-        raise InvalidInput(
-            f'complete mode takes the flow inputs under "inputs": send {{"inputs": '
-            f'{{"{sent[0]}": ...}}}}, not "{sent[0]}" at the top level',
-            field="inputs",
-        )
-
-
 async def _complete(request: Request, app_id: str | None) -> Response:
     svc = get_service(request)
     body = await read_json_object(request)
     app = svc.apps.get(app_id)
-    _refuse_top_level_inputs(body, app.flow.spec.inputs)
+    refuse_top_level_inputs(body, app.flow.spec.inputs)
     run_body = parse_run_body(body)
     hist_key = app.flow.chat_history
     history = run_body.inputs.get(hist_key) if hist_key else None
