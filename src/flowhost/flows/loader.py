@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import pydantic
 import yaml
 
@@ -19,7 +18,7 @@ from flowhost.flows.spec import FlowSpec, NodeSpec, Reference, parse_reference
 from flowhost.nodes.base import NodeImpl
 from flowhost.nodes.llm import LLMNode, PromptNode, split_llm_inputs
 from flowhost.nodes.python import PythonNode, load_function
-from flowhost.nodes.template import PromptTemplate
+from flowhost.nodes.template import PromptTemplate, TemplateSyntaxError
 
 __all__ = ["CompiledNode", "Flow", "NodeFactory", "find_flow_file", "load_flow"]
 
@@ -122,7 +121,7 @@ def _template(spec: NodeSpec, folder: Path, file: str) -> PromptTemplate:
     path = _source_path(spec, folder, file)
     try:
         return PromptTemplate.from_file(path)
-    except jinja2.TemplateSyntaxError as exc:
+    except TemplateSyntaxError as exc:
         raise FlowDefinitionError(
             f"template error line {exc.lineno}: {exc.message}",
             file=str(path),

@@ -6,13 +6,15 @@ defused at render time (a private-use character is inserted) and restored after 
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
+if TYPE_CHECKING:
+    import jinja2
 
-__all__ = ["ChatMessage", "PromptTemplate", "parse_chat"]
+__all__ = ["ChatMessage", "PromptTemplate", "TemplateSyntaxError", "parse_chat"]
 
 ChatMessage = dict[str, Any]
 
@@ -28,17 +30,39 @@ def _finalize(value: Any) -> Any:
     return value
 
 
-_env = jinja2.Environment(  # noqa: S701 - prompts are plain text, not HTML
-    keep_trailing_newline=True, finalize=_finalize, undefined=jinja2.Undefined
-)
+class TemplateSyntaxError(ValueError):
+    """A prompt that Jinja2 cannot compile; ``lineno`` is its line (1-based)."""
+
+    def __init__(self, message: str, lineno: int) -> None:
+        super().__init__(f"line {lineno}: {message}")
+        self.message, self.lineno = message, lineno
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    # Imported with the first template: a flow without prompts (and the server's start) does
+    # not pay for Jinja2 (~20 ms of imports).
+    import jinja2
+
+    return jinja2.Environment(  # noqa: S701 - prompts are plain text, not HTML
+        keep_trailing_newline=True, finalize=_finalize, undefined=jinja2.Undefined
+    )
 
 
 class PromptTemplate:
-    """A compiled Jinja2 prompt. ``source`` names the file for error messages."""
+    """A compiled Jinja2 prompt. ``source`` names the file for error messages.
+
+    Raises ``TemplateSyntaxError`` for a template Jinja2 cannot compile."""
 
     def __init__(self, text: str, *, source: str = "<template>") -> None:
+        import jinja2
+
         self.source = source
-        self.template = _env.from_string(text)
+        env = _environment()
+        try:
+            self.template = env.from_string(text)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateSyntaxError(exc.message or "invalid template", exc.lineno) from exc
         # A plain dict, not Jinja's ChainMap over the environment's globals (which never change
         # here): every render copies the globals into its context, and iterating the ChainMap
         # was half the cost of rendering a chat prompt.
@@ -62,7 +86,7 @@ class PromptTemplate:
 def _undeclared(text: str) -> set[str]:
     from jinja2 import meta
 
-    return set(meta.find_undeclared_variables(_env.parse(text)))
+    return set(meta.find_undeclared_variables(_environment().parse(text)))
 
 
 def parse_chat(text: str) -> list[ChatMessage]:
