@@ -27,12 +27,12 @@ __all__ = [
     "MAX_VALUE_CHARS",
     "REDACTED",
     "Redactor",
+    "add_value",
     "error_attributes",
     "llm_attributes",
     "retrieval_attributes",
     "span_kind_of",
     "usage_attributes",
-    "value_attributes",
 ]
 
 REDACTED: Final = "[redacted]"
@@ -167,12 +167,12 @@ def _secret_key(key: Any) -> bool:
     return _key_is_secret(key if isinstance(key, str) else str(key))
 
 
-def value_attributes(prefix: str, value: Any, redact: Redactor) -> dict[str, Any]:
-    """OpenInference ``<prefix>.value`` + ``<prefix>.mime_type`` (``input`` / ``output``):
-    text as it is, anything else as JSON."""
+def add_value(attrs: dict[str, Any], prefix: str, value: Any, redact: Redactor) -> None:
+    """Set OpenInference ``<prefix>.value`` + ``<prefix>.mime_type`` (``input`` / ``output``)
+    in ``attrs``: text as it is, anything else as JSON."""
     value_key, mime_key = _VALUE_KEYS[prefix]
-    mime = "text/plain" if isinstance(value, str) else "application/json"
-    return {value_key: redact.json(value), mime_key: mime}
+    attrs[value_key] = redact.json(value)
+    attrs[mime_key] = "text/plain" if isinstance(value, str) else "application/json"
 
 
 _VALUE_KEYS: Final = {p: (f"{p}.value", f"{p}.mime_type") for p in ("input", "output")}

@@ -30,13 +30,13 @@ from flowhost.engine.events import (
 from flowhost.service import PreparedRun, RunObservation
 from flowhost.tracing.attributes import (
     Redactor,
+    add_value,
     error_attributes,
     is_retrieval,
     llm_attributes,
     retrieval_attributes,
     span_kind_of,
     usage_attributes,
-    value_attributes,
 )
 from flowhost.tracing.pipeline import SpanPipeline
 from flowhost.tracing.spans import SpanData, new_span_id, new_trace_id
@@ -112,7 +112,7 @@ class RunTrace:
         if ctx.user_id:
             attrs["user.id"] = redact.text(ctx.user_id)
         if self._content:
-            attrs.update(value_attributes("input", prepared.inputs, redact))
+            add_value(attrs, "input", prepared.inputs, redact)
         parent = trace.get_current_span().get_span_context()  # the caller's, via traceparent
         self.span = SpanData(
             trace_id=parent.trace_id if parent.is_valid else new_trace_id(),
@@ -179,8 +179,8 @@ class RunTrace:
         span = self._open_node(ev.node, ev.node_type, ev.timestamp, ev.duration)
         redact, content, attrs = self._redact, self._content, span.attributes
         if content:
-            attrs.update(value_attributes("input", ev.inputs, redact))
-            attrs.update(value_attributes("output", ev.output, redact))
+            add_value(attrs, "input", ev.inputs, redact)
+            add_value(attrs, "output", ev.output, redact)
         if ev.node_type == "llm":
             attrs.update(llm_attributes(ev.trace, ev.output, redact, content=content))
         elif is_retrieval(ev.node_type):
@@ -193,7 +193,7 @@ class RunTrace:
     def _node_failed(self, ev: NodeFailed) -> None:
         span = self._open_node(ev.node, ev.node_type, ev.timestamp, ev.duration)
         if self._content and ev.inputs is not None:
-            span.attributes.update(value_attributes("input", ev.inputs, self._redact))
+            add_value(span.attributes, "input", ev.inputs, self._redact)
         span.attributes.update(error_attributes(ev.error, self._redact))
         if ev.node_type == "llm" and ev.trace:
             span.attributes.update(
@@ -231,7 +231,7 @@ class RunTrace:
         attrs = run.attributes
         if isinstance(final, RunFinished):
             if self._content:
-                attrs.update(value_attributes("output", final.outputs, self._redact))
+                add_value(attrs, "output", final.outputs, self._redact)
             attrs.update(usage_attributes(final.usage, genai=False))
             attrs["flowhost.status"] = "completed"
             self._end_run(_ns(final.timestamp))
