@@ -105,6 +105,13 @@ class Settings(BaseSettings):
         description="processes reading (parsing and chunking) documents "
         "[KB_INGEST_JOBS, at most one per CPU]; 0: threads of the server process",
     )
+    parse_memory_mb: int = Field(
+        2048,
+        ge=0,
+        le=1_048_576,
+        description="memory a document-reading process may allocate, in MB (past it the "
+        "document fails); 0: no cap",
+    )
 
     # tracing (flowhost.tracing): spans per run and node, OTLP export via OTEL_EXPORTER_OTLP_*
     enable_tracing: bool = Field(True, description="record a trace of every run")

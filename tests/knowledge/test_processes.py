@@ -107,6 +107,24 @@ async def test_the_out_of_memory_killer_takes_a_worker_before_the_server() -> No
         await procs.close()
 
 
+def _allocate(megabytes: int) -> int:
+    return len(bytearray(megabytes * 1024 * 1024))
+
+
+@pytest.mark.skipif(not Path("/proc/self/oom_score_adj").exists(), reason="Linux only")
+async def test_a_call_past_the_memory_limit_raises_memory_error_and_the_process_stays() -> None:
+    procs = Processes(1, what="testing", memory_limit=256 * 1024 * 1024)
+    try:
+        pid = await procs.call(os.getpid)
+        with pytest.raises(MemoryError):
+            await procs.call(_allocate, 512)
+        assert await procs.call(_allocate, 16) == 16 * 1024 * 1024
+        assert await procs.call(os.getpid) == pid  # the same process, not a new one
+        assert len(bytearray(512 * 1024 * 1024)) > 0  # the server itself has no such limit
+    finally:
+        await procs.close()
+
+
 async def test_a_call_whose_process_dies_fails_alone() -> None:
     """Each call has a process of its own: one that dies (twice: it is retried once) fails
     with ProcessesStopped, and a call running beside it is not disturbed."""
@@ -196,6 +214,30 @@ async def test_documents_are_read_in_a_process_and_one_read_too_long_fails(
         assert failed.status == "failed"
         assert failed.error == "reading the document took longer than 0.001 s and was stopped"
         assert (await svc.get_document(slow.file_id)).status == "failed"
+
+
+def _read_greedily(base: object, doc: object, content: bytes) -> None:
+    """Stands in for ``units_of``: a document that expands past any reasonable memory."""
+    _allocate(1024)
+
+
+@pytest.mark.skipif(not Path("/proc/self/oom_score_adj").exists(), reason="Linux only")
+async def test_a_document_needing_more_than_parse_memory_mb_fails_saying_so(
+    started: Started, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest, "units_of", _read_greedily)
+    async with started(parse_processes=1, parse_memory_mb=256) as svc:
+        base = await svc.create_base("b")
+        doc, job, _ = await svc.add_document(base.pipeline_id, "a.md", b"# Kettles")
+        assert job is not None
+        await svc.wait_idle()
+        failed = await svc.get_job(job.job_id)
+        assert failed.status == "failed"
+        assert failed.error == (
+            "reading the document needed more than the 256 MB of memory a reading process "
+            "may use (PARSE_MEMORY_MB)"
+        )
+        assert (await svc.get_document(doc.file_id)).status == "failed"
 
 
 MARKER_ENV = "FLOWHOST_TEST_READ_MARKER"

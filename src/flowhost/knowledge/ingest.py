@@ -103,6 +103,12 @@ async def _read(
             raise ParseError(
                 f"reading the document took longer than {limit:g} s and was stopped"
             ) from exc
+        except MemoryError as exc:  # the process's memory_limit (PARSE_MEMORY_MB)
+            cap = (parsers.memory_limit or 0) // (1024 * 1024)
+            raise ParseError(
+                f"reading the document needed more than the {cap:,} MB of memory a reading "
+                "process may use (PARSE_MEMORY_MB)"
+            ) from exc
         except ProcessesUnavailable as exc:  # none can start here: threads, from now on
             log.warning("reading documents in threads: %s", exc)
             svc.parsers = None

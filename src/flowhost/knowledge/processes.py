@@ -19,7 +19,10 @@ killed for its time, by the kernel for its memory, or crashed) befalls no other.
   system refuses to start one);
 - with a ``time_limit``, kill the process of a call that outlives it (``CallTimedOut``), and
   that of a call cancelled (its work is not wanted; without a limit such a process finishes
-  its call and is used again, keeping what its ``initializer`` loaded).
+  its call and is used again, keeping what its ``initializer`` loaded);
+- with a ``memory_limit``, may allocate that many bytes (``RLIMIT_DATA``: heap and anonymous
+  mappings; Linux): past it an allocation fails, and the call raises ``MemoryError`` in the
+  caller, its process kept, before the machine runs short and the kernel has to choose.
 
 ``spawn``, not ``fork``: a fork of a threaded server could inherit a held lock.
 """
@@ -70,14 +73,21 @@ def cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _start_worker(parent: int, initializer: Callable[[], None] | None) -> None:
+def _start_worker(
+    parent: int, initializer: Callable[[], None] | None, memory_limit: int | None = None
+) -> None:
     """In a worker process: end with the server (``parent``); be the first process the
     kernel's out-of-memory killer picks (a document that explodes in memory then costs its
-    own process, not the server: on Linux, raising one's own score needs no privilege);
-    then ``initializer``."""
+    own process, not the server: on Linux, raising one's own score needs no privilege); cap
+    what it may allocate at ``memory_limit`` bytes; then ``initializer``."""
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     with contextlib.suppress(OSError):  # not Linux, or /proc not mounted
         Path("/proc/self/oom_score_adj").write_text("1000")
+    if memory_limit is not None:
+        with contextlib.suppress(ImportError, ValueError, OSError):  # no such limit here
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_DATA, (memory_limit, memory_limit))
     if initializer is not None:
         initializer()
 
@@ -109,11 +119,14 @@ class Processes:
         what: str,
         initializer: Callable[[], None] | None = None,
         time_limit: float | None = None,
+        memory_limit: int | None = None,
     ) -> None:
-        """``what`` names the work in errors ("embedding", "parsing")."""
+        """``what`` names the work in errors ("embedding", "parsing"); ``memory_limit`` is in
+        bytes."""
         self.size = max(1, size)
         self.what = what
         self.time_limit = time_limit
+        self.memory_limit = memory_limit
         self._initializer = initializer
         self._idle: list[ProcessPoolExecutor] = []  # started, no call in hand
         self._busy: set[ProcessPoolExecutor] = set()
@@ -131,7 +144,7 @@ class Processes:
             1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(os.getpid(), self._initializer),
+            initargs=(os.getpid(), self._initializer, self.memory_limit),
         )
         executor.submit(os.getpid)  # the executor starts its process at the first submit
         return executor

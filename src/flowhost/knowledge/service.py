@@ -70,8 +70,11 @@ class KnowledgeService:
         if parsers is None:
             parsers = min(settings.kb_ingest_jobs, cpus())
         # reading a document: in processes of its own, stopped past its time (see ingest)
+        memory = settings.parse_memory_mb * 1024 * 1024 or None
         self.parsers: Processes | None = (
-            Processes(parsers, what="parsing", time_limit=PARSE_HARD_LIMIT_S) if parsers else None
+            Processes(parsers, what="parsing", time_limit=PARSE_HARD_LIMIT_S, memory_limit=memory)
+            if parsers
+            else None
         )
         self._dirty: set[str] = set()
         self._started = False
