@@ -36,7 +36,7 @@ from sqlalchemy.dialects import sqlite
 
 from bench.baseline_app import serve
 from flowhost.ids import new_trace_id, uuid7
-from flowhost.store.traces import TraceNames, trace_table
+from flowhost.store.traces import TraceNames, sqlite_time_text, trace_table
 
 __all__ = ["Floor", "main"]
 
@@ -51,12 +51,6 @@ _JSON: Final = [(b"content-type", b"application/json")]
 
 def echo(question: str, chat_history: list[Any] | None = None) -> str:
     return f"echo: {question}"
-
-
-def _utc_text(ns: int) -> str:
-    """As SQLAlchemy stores a UTC ``DATETIME`` on SQLite."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}"
 
 
 class Floor:
@@ -209,8 +203,8 @@ def _row(
         run_id,
         "echo",
         None,
-        _utc_text(start),
-        _utc_text(end),
+        sqlite_time_text(start),
+        sqlite_time_text(end),
         (end - start) // 1000,
         None,
         None,

@@ -51,6 +51,7 @@ __all__ = [
     "TraceNames",
     "TraceQuery",
     "TraceRepository",
+    "sqlite_time_text",
     "trace_table",
     "utc_from_ns",
 ]
@@ -266,7 +267,7 @@ def _row(run: RunRecord) -> dict[str, Any]:
 _SECONDS: dict[int, str] = {}  # whole seconds -> their text; a batch's runs share a few
 
 
-def _sqlite_time(ns: int) -> str:
+def sqlite_time_text(ns: int) -> str:
     """As SQLAlchemy's SQLite ``DATETIME`` stores a ``UTCDateTime``: naive UTC text, to the
     microsecond. From the nanoseconds, not a datetime: making and formatting two datetimes
     was a fifth of turning a finished run into its row."""
@@ -290,8 +291,8 @@ def _sqlite_row(run: RunRecord) -> tuple[Any, ...]:
         run.run_id,
         run.app_id,
         run.session_id,
-        _sqlite_time(run.start_ns),
-        _sqlite_time(run.end_ns),
+        sqlite_time_text(run.start_ns),
+        sqlite_time_text(run.end_ns),
         run.duration_us,
         run.input_tokens,
         run.output_tokens,
