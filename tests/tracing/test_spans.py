@@ -135,8 +135,16 @@ async def test_a_canceled_run_ends_its_spans_as_canceled(traced: MakeTraced, llm
         if ev.kind == "NodeDelta":
             break
     await stream.aclose()  # the client went away
-    spans = by_name(await t.spans())
-    assert {attrs(s)["flowhost.status"] for s in spans.values()} == {"canceled"}
+    spans = await t.spans()
+    assert {attrs(s)["flowhost.status"] for s in spans} == {"canceled"}
+    node, run = spans  # the node that was running, with what it is; then the run
+    assert attrs(node)["flowhost.span_type"] == "llm"
+    assert attrs(node)["openinference.span.kind"] == "LLM"
+    assert node.parent is not None
+    assert node.parent.span_id == run.context.span_id
+    assert run.start_time is not None
+    assert node.start_time is not None
+    assert run.start_time <= node.start_time <= (node.end_time or 0)
 
 
 async def test_content_off_records_no_prompts_inputs_or_outputs(

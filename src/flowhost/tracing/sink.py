@@ -2,8 +2,9 @@
 
 ``open`` runs inside the request's context (``RunService.prepare``), so the run span continues an
 incoming W3C ``traceparent`` (``TraceContextMiddleware`` put it into the OpenTelemetry context);
-its trace id becomes the run's ``trace_id``. Node spans are children of the run span: started at
-``NodeStarted``, ended at ``NodeFinished`` / ``NodeFailed`` with the events' own timestamps.
+its trace id becomes the run's ``trace_id``. Node spans are children of the run span, from
+``NodeStarted`` to ``NodeFinished`` / ``NodeFailed`` by the events' own timestamps; a node's span
+is made when the node ends, whole (until then only its start time is kept).
 Deltas are ignored, so streaming costs nothing here. When the run ends, its spans go to the
 ``SpanPipeline`` together.
 Nothing in this module awaits or raises into the run: a failure to trace is logged and the run
@@ -78,14 +79,17 @@ class TracingSink:
 
 
 class RunTrace:
-    """One run's spans. ``trace_id`` is 32 hex digits."""
+    """One run's spans. ``trace_id`` is 32 hex digits.
+
+    A node's span is made whole when the node ends (its start time kept from ``NodeStarted``),
+    in one step: a span that only ever ends costs no bookkeeping while it runs."""
 
     __slots__ = (
         "_content",
         "_done",
         "_emit",
-        "_nodes",
         "_redact",
+        "_running",
         "run_id",
         "span",
         "trace_id",
@@ -96,14 +100,14 @@ class RunTrace:
         self._redact = redact = sink.redactor.for_tokens(ctx.user_defined_tokens)
         self._content = sink.content
         self._emit = pipeline.emit if pipeline.active else None
-        self._nodes: dict[str, SpanData] = {}  # started, not ended
+        self._running: dict[str, tuple[float, str]] = {}  # started, not ended: its start, type
         self._done: list[SpanData] = []  # ended node spans, emitted with the run span
-        self.run_id = prepared.run_id
+        self.run_id = run_id = prepared.run_id
         attrs: dict[str, Any] = {
             "flowhost.span_type": "flow",
             "openinference.span.kind": "CHAIN",
             "flowhost.app_id": prepared.app.app_id,
-            "flowhost.run_id": prepared.run_id,
+            "flowhost.run_id": run_id,
             "flowhost.request_id": ctx.request_id,
             "flowhost.protocol": prepared.protocol,
         }
@@ -114,28 +118,32 @@ class RunTrace:
         if self._content:
             add_value(attrs, "input", prepared.inputs, redact)
         parent = trace.get_current_span().get_span_context()  # the caller's, via traceparent
-        self.span = SpanData(
-            trace_id=parent.trace_id if parent.is_valid else new_trace_id(),
-            span_id=new_span_id(),
-            name=prepared.app.app_id,
-            start_ns=_ns(prepared.started_at),
-            attributes=attrs,
-        )
         if parent.is_valid:
-            self.span.parent_id = parent.span_id
-            self.span.parent_remote = parent.is_remote
-            self.span.trace_state = parent.trace_state
-        self.trace_id = self.span.trace_hex
+            span = SpanData(
+                parent.trace_id,
+                new_span_id(),
+                prepared.app.app_id,
+                _ns(prepared.started_at),
+                attrs,
+                parent.span_id,
+                parent.is_remote,
+                parent.trace_state,
+            )
+        else:
+            span = SpanData(
+                new_trace_id(), new_span_id(), prepared.app.app_id, _ns(prepared.started_at), attrs
+            )
+        self.span = span
+        self.trace_id = span.trace_hex
 
     # -- events -------------------------------------------------------------------------------
 
     def on_event(self, event: RunEvent) -> None:
-        kind = event.kind
-        if kind not in _NODE_EVENTS:  # deltas, outputs, run start/end: nothing to do here
+        if event.kind not in _NODE_EVENTS:  # deltas, outputs, run start and end: nothing here
             return
         try:
             if isinstance(event, NodeStarted):
-                self._nodes[event.node] = self._start(event.node, event.node_type, event.timestamp)
+                self._running[event.node] = (event.timestamp, event.node_type)
             elif isinstance(event, NodeFinished):
                 self._node_finished(event)
             elif isinstance(event, NodeFailed):
@@ -143,74 +151,72 @@ class RunTrace:
             elif isinstance(event, NodeSkipped):
                 self._node_skipped(event)
         except Exception:
-            log.exception("run %s: cannot record %s", self.run_id, kind)
+            log.exception("run %s: cannot record %s", self.run_id, event.kind)
 
-    def _start(self, node: str, node_type: str, start: float) -> SpanData:
+    def _node(self, node: str, attrs: dict[str, Any], start: float, end_ns: int) -> SpanData:
+        """An ended node span, kept to be emitted with the run's."""
         run = self.span
-        return SpanData(
-            trace_id=run.trace_id,
-            span_id=new_span_id(),
-            name=node,
-            start_ns=_ns(start),
-            attributes={
-                "flowhost.span_type": node_type,
-                "openinference.span.kind": span_kind_of(node_type),
-                "flowhost.node": node,
-                "flowhost.run_id": self.run_id,
-            },
-            parent_id=run.span_id,
-            trace_state=run.trace_state,
+        span = SpanData(
+            run.trace_id,
+            new_span_id(),
+            node,
+            _ns(start),
+            attrs,
+            run.span_id,
+            False,
+            run.trace_state,
+            end_ns,
         )
-
-    def _end(self, span: SpanData, end_ns: int) -> None:
-        span.end_ns = end_ns
         self._done.append(span)
+        return span
 
-    def _end_run(self, end_ns: int) -> None:
-        self.span.end_ns = end_ns
-        if self._emit is not None:
-            self._emit(self.span, self._done)
+    def _node_attributes(self, node: str, node_type: str) -> dict[str, Any]:
+        return {
+            "flowhost.span_type": node_type,
+            "openinference.span.kind": span_kind_of(node_type),
+            "flowhost.node": node,
+            "flowhost.run_id": self.run_id,
+        }
 
-    def _open_node(self, node: str, node_type: str, end: float, duration: float) -> SpanData:
-        span = self._nodes.pop(node, None)
-        return span or self._start(node, node_type, end - duration)
+    def _started(self, node: str, end: float, duration: float) -> float:
+        """When ``node`` started: at its NodeStarted, or ``duration`` before ``end``."""
+        started = self._running.pop(node, None)
+        return end - duration if started is None else started[0]
 
     def _node_finished(self, ev: NodeFinished) -> None:
-        span = self._open_node(ev.node, ev.node_type, ev.timestamp, ev.duration)
-        redact, content, attrs = self._redact, self._content, span.attributes
+        node, node_type = ev.node, ev.node_type
+        attrs = self._node_attributes(node, node_type)
+        redact, content = self._redact, self._content
         if content:
             add_value(attrs, "input", ev.inputs, redact)
             add_value(attrs, "output", ev.output, redact)
-        if ev.node_type == "llm":
+        if node_type == "llm":
             attrs.update(llm_attributes(ev.trace, ev.output, redact, content=content))
-        elif is_retrieval(ev.node_type):
+        elif is_retrieval(node_type):
             attrs.update(retrieval_attributes(ev.trace, ev.output, redact, content=content))
         if ev.usage:
-            attrs.update(usage_attributes(ev.usage, genai=ev.node_type == "llm"))
+            attrs.update(usage_attributes(ev.usage, genai=node_type == "llm"))
         attrs["flowhost.status"] = "completed"
-        self._end(span, _ns(ev.timestamp))
+        end = ev.timestamp
+        self._node(node, attrs, self._started(node, end, ev.duration), _ns(end))
 
     def _node_failed(self, ev: NodeFailed) -> None:
-        span = self._open_node(ev.node, ev.node_type, ev.timestamp, ev.duration)
+        node, node_type = ev.node, ev.node_type
+        attrs = self._node_attributes(node, node_type)
         if self._content and ev.inputs is not None:
-            add_value(span.attributes, "input", ev.inputs, self._redact)
-        span.attributes.update(error_attributes(ev.error, self._redact))
-        if ev.node_type == "llm" and ev.trace:
-            span.attributes.update(
-                llm_attributes(ev.trace, None, self._redact, content=self._content)
-            )
-        self._fail(span, "failed")
-        self._end(span, _ns(ev.timestamp))
+            add_value(attrs, "input", ev.inputs, self._redact)
+        attrs.update(error_attributes(ev.error, self._redact))
+        if node_type == "llm" and ev.trace:
+            attrs.update(llm_attributes(ev.trace, None, self._redact, content=self._content))
+        end = ev.timestamp
+        span = self._node(node, attrs, self._started(node, end, ev.duration), _ns(end))
+        _fail(span, "failed")
 
     def _node_skipped(self, ev: NodeSkipped) -> None:
-        span = self._start(ev.node, ev.node_type, ev.timestamp)
-        span.attributes["flowhost.status"] = span.status = "skipped"
-        self._end(span, span.start_ns)
-
-    def _fail(self, span: SpanData, status: str) -> None:
-        span.status = status
-        span.attributes["flowhost.status"] = status
-        span.error = str(span.attributes.get("flowhost.error.message", status))
+        attrs = self._node_attributes(ev.node, ev.node_type)
+        attrs["flowhost.status"] = "skipped"
+        end = _ns(ev.timestamp)
+        self._node(ev.node, attrs, ev.timestamp, end).status = "skipped"
 
     # -- end ----------------------------------------------------------------------------------
 
@@ -222,25 +228,34 @@ class RunTrace:
 
     def _close(self, final: RunEvent | None) -> None:
         now = time.time_ns()
-        for span in self._nodes.values():  # still running: canceled with the run
-            span.attributes.update(_CANCELED_ATTRS)
-            self._fail(span, "canceled")
-            self._end(span, now)
-        self._nodes.clear()
+        for node, (start, node_type) in self._running.items():  # canceled with the run
+            attrs = self._node_attributes(node, node_type)
+            attrs.update(_CANCELED_ATTRS)
+            _fail(self._node(node, attrs, start, now), "canceled")
+        self._running.clear()
         run = self.span
         attrs = run.attributes
         if isinstance(final, RunFinished):
             if self._content:
                 add_value(attrs, "output", final.outputs, self._redact)
-            attrs.update(usage_attributes(final.usage, genai=False))
+            if final.usage:
+                attrs.update(usage_attributes(final.usage, genai=False))
             attrs["flowhost.status"] = "completed"
-            self._end_run(_ns(final.timestamp))
+            run.end_ns = _ns(final.timestamp)
         elif isinstance(final, RunFailed):
             attrs.update(error_attributes(final.error, self._redact))
             attrs.update(usage_attributes(final.usage, genai=False))
-            self._fail(run, "failed")
-            self._end_run(_ns(final.timestamp))
+            _fail(run, "failed")
+            run.end_ns = _ns(final.timestamp)
         else:
             attrs.update(_CANCELED_ATTRS)
-            self._fail(run, "canceled")
-            self._end_run(now)
+            _fail(run, "canceled")
+            run.end_ns = now
+        if self._emit is not None:
+            self._emit(run, self._done)
+
+
+def _fail(span: SpanData, status: str) -> None:
+    span.status = status
+    span.attributes["flowhost.status"] = status
+    span.error = str(span.attributes.get("flowhost.error.message", status))
