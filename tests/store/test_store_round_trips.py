@@ -9,6 +9,7 @@ fresh connection, never a user's turn.
 from __future__ import annotations
 
 import math
+import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -424,3 +425,19 @@ async def test_sqlite_quick_writes_checkpoint_the_wal_in_a_thread(
         assert log == done
     finally:
         await store.close()
+
+
+def test_sqlite_binds_none_as_null_through_the_registered_adapter() -> None:
+    # flowhost.store.engine registers an adapter for None (binding it otherwise costs two
+    # failed attribute lookups); a None must still be stored as NULL, not as text or 0
+    assert sqlite3.adapters[type(None), sqlite3.PrepareProtocol] is store_engine._null
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (a INTEGER, b TEXT)")
+    db.executemany("INSERT INTO t VALUES (?, ?)", [(None, None), (1, "x")])
+    assert db.execute("SELECT a, b, typeof(a), typeof(b) FROM t").fetchall() == [
+        (None, None, "null", "null"),
+        (1, "x", "integer", "text"),
+    ]
+    assert db.execute("SELECT count(*) FROM t WHERE a IS NULL AND b IS ?", (None,)).fetchone() == (
+        1,
+    )
