@@ -22,6 +22,7 @@ from flowhost.store import Store
 from flowhost.store.names import service_names
 from flowhost.store.traces import (
     RunRecord,
+    SpanEntry,
     SpanRecord,
     TraceQuery,
     TraceRepository,
@@ -30,7 +31,6 @@ from flowhost.store.traces import (
 )
 from flowhost.testing.databases import drop_service
 from flowhost.tracing.pipeline import SpanPipeline
-from flowhost.tracing.spans import SpanData
 
 pytestmark = pytest.mark.anyio
 
@@ -95,16 +95,9 @@ async def test_spans_are_written_in_the_background(traced: MakeTraced) -> None:
 
 
 async def test_list_filters_and_pages(repo: TraceRepository) -> None:
-    node = {
-        "span_id": "4" * 16,
-        "parent_span_id": "3" * 16,
-        "name": "llm_node",
-        "span_type": "llm",
-        "status": "completed",
-        "start_ns": 1,
-        "end_ns": 2001,
-        "attributes": {"gen_ai.request.model": "m"},
-    }
+    node = SpanEntry(
+        "4" * 16, "3" * 16, "llm_node", "llm", "completed", 1, 2001, {"gen_ai.request.model": "m"}
+    )
     await repo.add_runs(
         [
             record("a", "1", age_days=0.3, session_id="s1"),
@@ -175,13 +168,13 @@ async def test_a_full_queue_drops_the_oldest_spans_and_says_so(
     small = pipeline(repo, max_pending=3)
     before = lost("dropped")
     for i in range(4):
-        small.emit(SpanData(i + 1, i + 1, f"s{i}", 0, {"flowhost.span_type": "flow"}), [])
+        small.emit(record(str(i + 1), str(i + 1), age_days=0))
     with caplog.at_level(logging.WARNING, "flowhost.tracing"):
         await small.flush()
     assert "1 runs' spans dropped" in caplog.text
     assert lost("dropped") == before + 1
-    assert await repo.get_trace(format(1, "032x")) == []  # the oldest went
-    assert len(await repo.get_trace(format(4, "032x"))) == 1
+    assert await repo.get_trace("1" * 32) == []  # the oldest went
+    assert len(await repo.get_trace("4" * 32)) == 1
 
 
 async def test_runs_the_store_refuses_are_logged_and_counted(
@@ -194,7 +187,7 @@ async def test_runs_the_store_refuses_are_logged_and_counted(
         before = lost("store_error")
         p = pipeline(repo)
         for i in range(2):
-            p.emit(SpanData(i + 1, i + 1, f"s{i}", 0, {"flowhost.span_type": "flow"}), [])
+            p.emit(record(str(i + 1), str(i + 1), age_days=0))
         with caplog.at_level(logging.WARNING, "flowhost.tracing"):
             await p.flush()  # the failure is the store's: flush itself goes on
         assert "2 runs not stored" in caplog.text
@@ -234,12 +227,17 @@ async def test_the_migration_matches_the_table(
             assert await conn.run_sync(_diff, store.service) == []
         repo = TraceRepository.for_store(store)
         try:
-            await repo.add_runs([record("d", "1", age_days=0, attributes={"k": "中文", "n": 1})])
-            (got,) = await repo.get_trace("d" * 32)
+            node = SpanEntry("5" * 16, "1" * 16, "n", "python", "failed", 7, 3007, {"k": "文"})
+            run = record("d", "1", age_days=0, attributes={"k": "中文", "n": 1}, spans=[node])
+            await repo.add_runs([run])
+            got, child = await repo.get_trace("d" * 32)
         finally:
             await repo.close()
         assert got.attributes == {"k": "中文", "n": 1}
         assert got.start_time.tzinfo is not None
+        assert (child.span_id, child.parent_span_id, child.name) == ("5" * 16, "1" * 16, "n")
+        assert (child.span_type, child.status, child.duration_us) == ("python", "failed", 3)
+        assert child.attributes == {"k": "文"}
     finally:
         await drop_service(store.engine.url.render_as_string(hide_password=False), store.service)
         await store.close()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunRecord",
+    "SpanEntry",
     "SpanRecord",
     "TraceNames",
     "TraceQuery",
@@ -148,13 +150,45 @@ class SpanRecord:
     attributes: dict[str, Any]
 
 
+@dataclass(slots=True)
+class SpanEntry:
+    """One node span of a stored run, as the ``spans`` column keeps it: a JSON object with
+    these fields (orjson writes the dataclass as it is). ``status``: completed, failed,
+    canceled or skipped; times in nanoseconds since the epoch."""
+
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    span_type: str
+    status: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> SpanEntry:
+        """An entry as read back from the column."""
+        return cls(
+            str(value["span_id"]),
+            value.get("parent_span_id"),
+            str(value["name"]),
+            str(value["span_type"]),
+            str(value["status"]),
+            int(value["start_ns"]),
+            int(value["end_ns"]),
+            dict(value.get("attributes") or {}),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__slots__}
+
+
 @frozen
 class RunRecord:
     """One stored run: its root span in columns, its node spans in ``spans``.
 
     Times are nanoseconds since the epoch (stored to the microsecond; ``start_time`` and
-    ``end_time`` are the datetimes). Each entry of ``spans`` is ``{"span_id",
-    "parent_span_id", "name", "span_type", "status", "start_ns", "end_ns", "attributes"}``.
+    ``end_time`` are the datetimes).
     """
 
     trace_id: str
@@ -171,7 +205,7 @@ class RunRecord:
     input_tokens: int | None
     output_tokens: int | None
     attributes: dict[str, Any]
-    spans: list[dict[str, Any]] = field(default_factory=list)
+    spans: list[SpanEntry] = field(default_factory=list)
 
     @property
     def start_time(self) -> datetime:
@@ -199,19 +233,18 @@ class RunRecord:
         """The root span, then the node spans."""
         out = [self.root()]
         for s in self.spans:
-            start, end = int(s["start_ns"]), int(s["end_ns"])
             out.append(
                 SpanRecord(
                     self.trace_id,
-                    str(s["span_id"]),
-                    s.get("parent_span_id"),
-                    str(s["name"]),
-                    str(s["span_type"]),
-                    str(s["status"]),
-                    utc_from_ns(start),
-                    utc_from_ns(end),
-                    (end - start) // 1000,
-                    dict(s.get("attributes") or {}),
+                    s.span_id,
+                    s.parent_span_id,
+                    s.name,
+                    s.span_type,
+                    s.status,
+                    utc_from_ns(s.start_ns),
+                    utc_from_ns(s.end_ns),
+                    (s.end_ns - s.start_ns) // 1000,
+                    s.attributes,
                 )
             )
         return out
@@ -254,14 +287,24 @@ def _record(row: Mapping[Any, Any]) -> RunRecord:
     values["end_ns"] = _ns_from_utc(values.pop("end_time"))
     values["duration_us"] = int(values["duration_us"])
     values["attributes"] = dict(values["attributes"] or {})
-    values["spans"] = list(values["spans"] or [])
+    values["spans"] = [SpanEntry.from_json(s) for s in values["spans"] or ()]
     return RunRecord(**values)
 
 
 def _row(run: RunRecord) -> dict[str, Any]:
     row = {c: getattr(run, c) for c in _COLUMNS}
     row["name"] = run.name[:NAME_MAX]
+    row["spans"] = [s.to_json() for s in run.spans]
     return row
+
+
+def _spans_json(spans: list[SpanEntry]) -> str:
+    """The ``spans`` column's text, as ``compact_json`` of the entries' ``to_json`` would be:
+    orjson writes the dataclasses itself (attribute values are JSON's own types)."""
+    try:
+        return orjson.dumps(spans).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return compact_json([s.to_json() for s in spans])
 
 
 _SECONDS: dict[int, str] = {}  # whole seconds -> their text; a batch's runs share a few
@@ -297,7 +340,7 @@ def _sqlite_row(run: RunRecord) -> tuple[Any, ...]:
         run.input_tokens,
         run.output_tokens,
         compact_json(run.attributes),
-        compact_json(run.spans),
+        _spans_json(run.spans),
     )
 
 

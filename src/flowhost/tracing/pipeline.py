@@ -1,6 +1,6 @@
 """The span pipeline: finished spans are queued in memory and handed on in batches.
 
-``SpanPipeline.emit`` takes one finished run (its root span and its node spans) and only appends
+``SpanPipeline.emit`` takes one finished run (its record: root span and node spans) and appends
 it to a deque (and, for the first run of a batch, wakes the pipeline's task), so a request never
 waits for a database or a network. One background task lets a short window pass so that a batch
 forms, then
@@ -36,7 +36,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from flowhost.metrics import TRACES_LOST
 from flowhost.store.errors import StoreError
 from flowhost.store.traces import RunRecord, TraceRepository
-from flowhost.tracing.spans import SpanData, to_readable, to_record
+from flowhost.tracing.spans import Origin, to_readable
 
 __all__ = ["SpanPipeline"]
 
@@ -76,7 +76,7 @@ class SpanPipeline:
         self.retention_days = retention_days
         self.batch_window = batch_window
         self.prune_interval = prune_interval
-        self._pending: deque[tuple[SpanData, list[SpanData]]] = deque(maxlen=max_pending)
+        self._pending: deque[tuple[RunRecord, Origin | None]] = deque(maxlen=max_pending)
         self._dropped = 0
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -101,12 +101,13 @@ class SpanPipeline:
         self._loop_thread = threading.get_ident()
         self._task = asyncio.create_task(self._run(), name="flowhost-span-pipeline")
 
-    def emit(self, run: SpanData, nodes: list[SpanData]) -> None:
-        """Queue a finished run: its root span and its node spans. Never blocks; thread-safe."""
+    def emit(self, run: RunRecord, origin: Origin | None = None) -> None:
+        """Queue a finished run (``origin``: what its root span continues, for the exporters).
+        Never blocks; thread-safe."""
         if len(self._pending) == self._pending.maxlen:
             self._dropped += 1
             _DROPPED.inc()
-        self._pending.append((run, nodes))
+        self._pending.append((run, origin))
         if self._wake.is_set() or self._loop is None:
             return
         if threading.get_ident() == self._loop_thread:
@@ -137,16 +138,17 @@ class SpanPipeline:
             self._wake.clear()
             left = len(self._pending)
             while left and self._pending:
-                batch: list[tuple[SpanData, list[SpanData]]] = []
+                batch: list[tuple[RunRecord, Origin | None]] = []
                 while self._pending and len(batch) < min(left, MAX_BATCH):
                     batch.append(self._pending.popleft())
                 left -= len(batch)
-                for processor in self.processors:
-                    for run, nodes in batch:
-                        for span in (*nodes, run):
-                            processor.on_end(to_readable(span, self.resource, self.scope))
+                if self.processors:
+                    for run, origin in batch:
+                        for span in to_readable(run, origin, self.resource, self.scope):
+                            for processor in self.processors:
+                                processor.on_end(span)
                 if self.repository is not None:
-                    await self._write([to_record(run, nodes) for run, nodes in batch])
+                    await self._write([run for run, _ in batch])
             if self._dropped:
                 log.warning("%d runs' spans dropped (queue full)", self._dropped)
                 self._dropped = 0

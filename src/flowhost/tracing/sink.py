@@ -29,6 +29,7 @@ from flowhost.engine.events import (
     RunFinished,
 )
 from flowhost.service import PreparedRun, RunObservation
+from flowhost.store.traces import RunRecord, SpanEntry
 from flowhost.tracing.attributes import (
     Redactor,
     add_value,
@@ -40,7 +41,7 @@ from flowhost.tracing.attributes import (
     usage_attributes,
 )
 from flowhost.tracing.pipeline import SpanPipeline
-from flowhost.tracing.spans import SpanData, new_span_id, new_trace_id
+from flowhost.tracing.spans import Origin, new_span_id, new_trace_id, trace_hex
 
 __all__ = ["RunTrace", "TracingSink"]
 
@@ -79,30 +80,39 @@ class TracingSink:
 
 
 class RunTrace:
-    """One run's spans. ``trace_id`` is 32 hex digits.
+    """One run's spans, recorded as the local store keeps them (``RunRecord``, a ``SpanEntry``
+    per node). ``trace_id`` is 32 hex digits.
 
-    A node's span is made whole when the node ends (its start time kept from ``NodeStarted``),
-    in one step: a span that only ever ends costs no bookkeeping while it runs."""
+    A node's span is made when the node ends, whole (until then only its start time and type
+    are kept); the run's record when the run ends."""
 
     __slots__ = (
+        "_attributes",
         "_content",
         "_done",
         "_emit",
+        "_origin",
+        "_parent",
+        "_prepared",
         "_redact",
         "_running",
+        "_span_id",
+        "_start_ns",
         "run_id",
-        "span",
         "trace_id",
     )
 
     def __init__(self, sink: TracingSink, pipeline: SpanPipeline, prepared: PreparedRun) -> None:
         ctx = prepared.ctx
+        self._prepared = prepared
         self._redact = redact = sink.redactor.for_tokens(ctx.user_defined_tokens)
         self._content = sink.content
         self._emit = pipeline.emit if pipeline.active else None
         self._running: dict[str, tuple[float, str]] = {}  # started, not ended: its start, type
-        self._done: list[SpanData] = []  # ended node spans, emitted with the run span
+        self._done: list[SpanEntry] = []  # ended node spans, in the order they ended
         self.run_id = run_id = prepared.run_id
+        self._start_ns = _ns(prepared.started_at)
+        self._span_id = new_span_id()
         attrs: dict[str, Any] = {
             "flowhost.span_type": "flow",
             "openinference.span.kind": "CHAIN",
@@ -117,24 +127,15 @@ class RunTrace:
             attrs["user.id"] = redact.text(ctx.user_id)
         if self._content:
             add_value(attrs, "input", prepared.inputs, redact)
+        self._attributes = attrs
         parent = trace.get_current_span().get_span_context()  # the caller's, via traceparent
         if parent.is_valid:
-            span = SpanData(
-                parent.trace_id,
-                new_span_id(),
-                prepared.app.app_id,
-                _ns(prepared.started_at),
-                attrs,
-                parent.span_id,
-                parent.is_remote,
-                parent.trace_state,
-            )
+            self.trace_id = trace_hex(parent.trace_id)
+            self._parent: str | None = parent.span_id.to_bytes(8).hex()
+            self._origin: Origin | None = Origin(parent.is_remote, parent.trace_state)
         else:
-            span = SpanData(
-                new_trace_id(), new_span_id(), prepared.app.app_id, _ns(prepared.started_at), attrs
-            )
-        self.span = span
-        self.trace_id = span.trace_hex
+            self.trace_id = trace_hex(new_trace_id())
+            self._parent = self._origin = None
 
     # -- events -------------------------------------------------------------------------------
 
@@ -153,22 +154,16 @@ class RunTrace:
         except Exception:
             log.exception("run %s: cannot record %s", self.run_id, event.kind)
 
-    def _node(self, node: str, attrs: dict[str, Any], start: float, end_ns: int) -> SpanData:
+    def _node(
+        self, node: str, node_type: str, status: str, attrs: dict[str, Any], start: int, end: int
+    ) -> None:
         """An ended node span, kept to be emitted with the run's."""
-        run = self.span
-        span = SpanData(
-            run.trace_id,
-            new_span_id(),
-            node,
-            _ns(start),
-            attrs,
-            run.span_id,
-            False,
-            run.trace_state,
-            end_ns,
+        attrs["flowhost.status"] = status
+        self._done.append(
+            SpanEntry(
+                new_span_id(), self._span_id, node, node_type, status, start, max(start, end), attrs
+            )
         )
-        self._done.append(span)
-        return span
 
     def _node_attributes(self, node: str, node_type: str) -> dict[str, Any]:
         return {
@@ -178,10 +173,10 @@ class RunTrace:
             "flowhost.run_id": self.run_id,
         }
 
-    def _started(self, node: str, end: float, duration: float) -> float:
+    def _started(self, node: str, end: float, duration: float) -> int:
         """When ``node`` started: at its NodeStarted, or ``duration`` before ``end``."""
         started = self._running.pop(node, None)
-        return end - duration if started is None else started[0]
+        return _ns(end - duration if started is None else started[0])
 
     def _node_finished(self, ev: NodeFinished) -> None:
         node, node_type = ev.node, ev.node_type
@@ -196,9 +191,8 @@ class RunTrace:
             attrs.update(retrieval_attributes(ev.trace, ev.output, redact, content=content))
         if ev.usage:
             attrs.update(usage_attributes(ev.usage, genai=node_type == "llm"))
-        attrs["flowhost.status"] = "completed"
-        end = ev.timestamp
-        self._node(node, attrs, self._started(node, end, ev.duration), _ns(end))
+        start = self._started(node, ev.timestamp, ev.duration)
+        self._node(node, node_type, "completed", attrs, start, _ns(ev.timestamp))
 
     def _node_failed(self, ev: NodeFailed) -> None:
         node, node_type = ev.node, ev.node_type
@@ -208,15 +202,13 @@ class RunTrace:
         attrs.update(error_attributes(ev.error, self._redact))
         if node_type == "llm" and ev.trace:
             attrs.update(llm_attributes(ev.trace, None, self._redact, content=self._content))
-        end = ev.timestamp
-        span = self._node(node, attrs, self._started(node, end, ev.duration), _ns(end))
-        _fail(span, "failed")
+        start = self._started(node, ev.timestamp, ev.duration)
+        self._node(node, node_type, "failed", attrs, start, _ns(ev.timestamp))
 
     def _node_skipped(self, ev: NodeSkipped) -> None:
+        at = _ns(ev.timestamp)
         attrs = self._node_attributes(ev.node, ev.node_type)
-        attrs["flowhost.status"] = "skipped"
-        end = _ns(ev.timestamp)
-        self._node(ev.node, attrs, ev.timestamp, end).status = "skipped"
+        self._node(ev.node, ev.node_type, "skipped", attrs, at, at)
 
     # -- end ----------------------------------------------------------------------------------
 
@@ -231,31 +223,43 @@ class RunTrace:
         for node, (start, node_type) in self._running.items():  # canceled with the run
             attrs = self._node_attributes(node, node_type)
             attrs.update(_CANCELED_ATTRS)
-            _fail(self._node(node, attrs, start, now), "canceled")
+            self._node(node, node_type, "canceled", attrs, _ns(start), now)
         self._running.clear()
-        run = self.span
-        attrs = run.attributes
+        attrs = self._attributes
         if isinstance(final, RunFinished):
             if self._content:
                 add_value(attrs, "output", final.outputs, self._redact)
             if final.usage:
                 attrs.update(usage_attributes(final.usage, genai=False))
-            attrs["flowhost.status"] = "completed"
-            run.end_ns = _ns(final.timestamp)
+            status, end = "completed", _ns(final.timestamp)
         elif isinstance(final, RunFailed):
             attrs.update(error_attributes(final.error, self._redact))
             attrs.update(usage_attributes(final.usage, genai=False))
-            _fail(run, "failed")
-            run.end_ns = _ns(final.timestamp)
+            status, end = "failed", _ns(final.timestamp)
         else:
             attrs.update(_CANCELED_ATTRS)
-            _fail(run, "canceled")
-            run.end_ns = now
-        if self._emit is not None:
-            self._emit(run, self._done)
-
-
-def _fail(span: SpanData, status: str) -> None:
-    span.status = status
-    span.attributes["flowhost.status"] = status
-    span.error = str(span.attributes.get("flowhost.error.message", status))
+            status, end = "canceled", now
+        attrs["flowhost.status"] = status
+        if self._emit is None:
+            return
+        prepared, start = self._prepared, self._start_ns
+        end = max(start, end)
+        app_id = prepared.app.app_id
+        record = RunRecord(
+            self.trace_id,
+            self._span_id,
+            self._parent,
+            app_id,
+            status,
+            self.run_id,
+            app_id,
+            prepared.session_id or None,
+            start,
+            end,
+            (end - start) // 1000,
+            attrs.get("flowhost.usage.input_tokens"),
+            attrs.get("flowhost.usage.output_tokens"),
+            attrs,
+            self._done,
+        )
+        self._emit(record, self._origin)

@@ -1,19 +1,19 @@
-"""``SpanData``: a finished span as the run-event sink records it, and its two renderings.
+"""A run's trace as the sink records it, and its rendering for OpenTelemetry's exporters.
 
 The sink does not create OpenTelemetry SDK ``Span`` objects on a run's path: an SDK span costs
 about 50 µs (sampler, id generator, span processors, a lock and a validation per attribute), and
-the simple-mode benchmark measures a whole run in about 150 µs. A ``SpanData`` is a slotted
-record with W3C ids from ``random.getrandbits`` (trace ids time first: ``flowhost.ids``); it becomes
-an SDK ``ReadableSpan`` (for the OTLP exporter) or part of a ``RunRecord`` (the local store keeps
-one row per run) in the background, off the request's path.
+the simple-mode benchmark measures a whole run in about 150 µs. It records the run in the shape
+the local store keeps it (``flowhost.store.traces``): a ``RunRecord``, the root span in columns,
+with a ``SpanEntry`` per node, W3C ids as hex from ``random.getrandbits`` (trace ids time first:
+``flowhost.ids``). ``to_readable`` renders that as SDK ``ReadableSpan``s for the span processors
+(the OTLP exporter) in the background, off the request's path.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -29,129 +29,86 @@ from opentelemetry.trace import (
 )
 
 from flowhost.ids import new_trace_id
-from flowhost.store.traces import RunRecord
+from flowhost.store.traces import RunRecord, SpanEntry
 
-__all__ = ["SpanData", "new_span_id", "new_trace_id", "span_hex", "to_readable", "to_record"]
+__all__ = ["FAILED", "Origin", "new_span_id", "new_trace_id", "to_readable", "trace_hex"]
 
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
 _EMPTY_STATE: Final = TraceState()
+FAILED: Final = frozenset({"failed", "canceled"})  # the statuses exported as errors
 
 
-def new_span_id() -> int:
+def new_span_id() -> str:
+    """A random W3C span id as 16 hex digits (``int.to_bytes().hex()``: half the cost of
+    ``format(n, "016x")``)."""
     while True:
         value = random.getrandbits(64)
         if value != INVALID_SPAN_ID:
-            return value
+            return value.to_bytes(8).hex()
+
+
+def trace_hex(trace_id: int) -> str:
+    """A W3C trace id as 32 hex digits."""
+    return trace_id.to_bytes(16).hex()
 
 
 @dataclass(slots=True)
-class SpanData:
-    """One span. ``status`` is flowhost's (completed, failed, canceled, skipped);
-    ``error`` the OTel status description of a failed span."""
+class Origin:
+    """What a run's root span continues (an incoming ``traceparent``), for the exporters: the
+    local store keeps the parent's span id only."""
 
-    trace_id: int
-    span_id: int
-    name: str
-    start_ns: int
-    attributes: dict[str, Any]
-    parent_id: int | None = None
-    parent_remote: bool = False
-    trace_state: TraceState | None = None
-    end_ns: int = 0
-    status: str = "completed"
-    error: str | None = None
-
-    @property
-    def trace_hex(self) -> str:
-        return self.trace_id.to_bytes(16).hex()
+    remote: bool
+    trace_state: TraceState | None
 
 
-def span_hex(span_id: int) -> str:
-    """A span id as W3C writes it: 16 hex digits (``to_bytes().hex()``: half the cost of
-    ``format(span_id, "016x")``, three times a run)."""
-    return span_id.to_bytes(8).hex()
+def to_readable(
+    run: RunRecord, origin: Origin | None, resource: Resource, scope: InstrumentationScope
+) -> list[ReadableSpan]:
+    """The SDK's view of a run's spans, for any ``SpanExporter`` (OTLP, in-memory): its node
+    spans in the order they ended, then the root."""
+    trace_id = int(run.trace_id, 16)
+    state = origin.trace_state if origin is not None else None
 
-
-def _context(span: SpanData) -> SpanContext:
-    return SpanContext(
-        span.trace_id,
-        span.span_id,
-        is_remote=False,
-        trace_flags=_SAMPLED,
-        trace_state=span.trace_state,
-    )
-
-
-def to_readable(span: SpanData, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
-    """The SDK's view of a finished span, for any ``SpanExporter`` (OTLP, in-memory)."""
-    parent = None
-    if span.parent_id is not None:
-        parent = SpanContext(
-            span.trace_id,
-            span.parent_id,
-            is_remote=span.parent_remote,
-            trace_flags=_SAMPLED,
-            trace_state=span.trace_state or _EMPTY_STATE,
+    def readable(span: SpanEntry, parent_remote: bool) -> ReadableSpan:
+        parent = None
+        if span.parent_span_id is not None:
+            parent = SpanContext(
+                trace_id,
+                int(span.parent_span_id, 16),
+                is_remote=parent_remote,
+                trace_flags=_SAMPLED,
+                trace_state=state or _EMPTY_STATE,
+            )
+        if span.status in FAILED:
+            message = str(span.attributes.get("flowhost.error.message", span.status))
+            status = Status(StatusCode.ERROR, message)
+        else:  # completed, skipped
+            status = Status(StatusCode.OK)
+        context = SpanContext(
+            trace_id, int(span.span_id, 16), False, trace_flags=_SAMPLED, trace_state=state
         )
-    if span.error is not None:
-        status = Status(StatusCode.ERROR, span.error)
-    elif span.status in ("completed", "skipped"):
-        status = Status(StatusCode.OK)
-    else:
-        status = Status(StatusCode.UNSET)
-    return ReadableSpan(
-        name=span.name,
-        context=_context(span),
-        parent=parent,
-        resource=resource,
-        attributes=span.attributes,
-        kind=SpanKind.INTERNAL,
-        status=status,
-        start_time=span.start_ns,
-        end_time=span.end_ns,
-        instrumentation_scope=scope,
+        return ReadableSpan(
+            name=span.name,
+            context=context,
+            parent=parent,
+            resource=resource,
+            attributes=span.attributes,
+            kind=SpanKind.INTERNAL,
+            status=status,
+            start_time=span.start_ns,
+            end_time=span.end_ns,
+            instrumentation_scope=scope,
+        )
+
+    root = SpanEntry(
+        run.span_id,
+        run.parent_span_id,
+        run.name,
+        "flow",
+        run.status,
+        run.start_ns,
+        run.end_ns,
+        run.attributes,
     )
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _node(span: SpanData) -> dict[str, Any]:
-    return {
-        "span_id": span_hex(span.span_id),
-        "parent_span_id": span_hex(span.parent_id) if span.parent_id is not None else None,
-        "name": span.name,
-        "span_type": span.attributes.get("flowhost.span_type", "span"),
-        "status": span.status,
-        "start_ns": span.start_ns,
-        "end_ns": max(span.end_ns, span.start_ns),
-        "attributes": span.attributes,
-    }
-
-
-def to_record(run: SpanData, nodes: Sequence[SpanData]) -> RunRecord:
-    """The local store's row of a finished run: its root span and its node spans."""
-    a = run.attributes
-    end = max(run.end_ns, run.start_ns)
-    return RunRecord(
-        trace_id=run.trace_hex,
-        span_id=span_hex(run.span_id),
-        parent_span_id=span_hex(run.parent_id) if run.parent_id is not None else None,
-        name=run.name,
-        status=run.status,
-        run_id=_str(a.get("flowhost.run_id")),
-        app_id=_str(a.get("flowhost.app_id")),
-        session_id=_str(a.get("session.id")),
-        start_ns=run.start_ns,
-        end_ns=end,
-        duration_us=(end - run.start_ns) // 1000,
-        input_tokens=_int(a.get("flowhost.usage.input_tokens")),
-        output_tokens=_int(a.get("flowhost.usage.output_tokens")),
-        attributes=a,
-        spans=[_node(n) for n in nodes],
-    )
+    remote = origin.remote if origin is not None else False
+    return [*(readable(s, False) for s in run.spans), readable(root, remote)]
