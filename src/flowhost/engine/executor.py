@@ -137,16 +137,10 @@ class _Run:
         self.run_id = ctx.run_id
         self.queue = _Channel()
         self.results: dict[str, Any] = {}
-        # nodes that others wait for (a node no one references needs no event)
-        self.finished: dict[str, asyncio.Event] = {
-            dep: asyncio.Event() for n in flow.nodes.values() for dep in n.deps
-        }
+        # node tasks wait on these (set by _execute_tasks; an inline run waits for nothing)
+        self.finished: dict[str, asyncio.Event] = {}
         self.usage: list[ModelUsage] = []
-        # streaming node -> the flow outputs that echo its deltas
-        self.echo: dict[str, list[str]] = {}
-        for out, ref in flow.outputs.items():
-            if out in flow.streaming_outputs:
-                self.echo.setdefault(ref.source, []).append(out)
+        self.echo = flow.echoes
         self.outputs: dict[str, Any] = {}
 
     def opening(self, trace_id: str, start: float) -> list[RunEvent]:
@@ -211,7 +205,7 @@ class _Run:
             ):
                 return True
             return bool(self.resolve(when) != node.spec.activate.is_)
-        refs = [v for v in node.inputs.values() if isinstance(v, Reference) and not v.is_input]
+        refs = node.node_refs
         return bool(refs) and all(self.results[r.source] is _SKIPPED for r in refs)
 
     async def run_node(self, node: CompiledNode) -> None:
@@ -411,6 +405,8 @@ async def _execute_tasks(run: _Run, trace_id: str) -> AsyncGenerator[RunEvent, N
         yield event
     if isinstance(opening[-1], RunFailed):
         return
+    # a node no one references needs no event
+    run.finished = {dep: asyncio.Event() for dep in flow.waited_for}
     tasks = [
         asyncio.create_task(run.run_node(n), name=f"node:{n.name}") for n in flow.nodes.values()
     ]

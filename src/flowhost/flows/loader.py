@@ -40,6 +40,7 @@ class CompiledNode:
     inputs: dict[str, Reference | Any]
     deps: frozenset[str]
     activate_when: Reference | Any = None
+    node_refs: tuple[Reference, ...] = ()  # the inputs that reference other nodes
 
     @property
     def name(self) -> str:
@@ -63,6 +64,20 @@ class Flow:
     @property
     def is_chat(self) -> bool:
         return self.chat_input is not None
+
+    @functools.cached_property
+    def waited_for(self) -> frozenset[str]:
+        """The nodes that other nodes reference (only those need an event to wait on)."""
+        return frozenset(dep for n in self.nodes.values() for dep in n.deps)
+
+    @functools.cached_property
+    def echoes(self) -> dict[str, list[str]]:
+        """Streaming node -> the flow outputs that echo its deltas."""
+        echo: dict[str, list[str]] = {}
+        for out, ref in self.outputs.items():
+            if out in self.streaming_outputs:
+                echo.setdefault(ref.source, []).append(out)
+        return echo
 
     @functools.cached_property
     def outputs_of(self) -> dict[str | None, list[str]]:
@@ -252,6 +267,9 @@ def load_flow(folder: Path, *, name: str | None = None) -> Flow:
             inputs=inputs,
             deps=frozenset(nd),
             activate_when=when,
+            node_refs=tuple(
+                v for v in inputs.values() if isinstance(v, Reference) and not v.is_input
+            ),
         )
     try:
         order = topological_order(deps)
