@@ -119,8 +119,11 @@ class RequestContextMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                headers = list(message.get("headers", ()))
+                for k, _ in headers:
+                    if k.lower() == b"x-request-id":
+                        break
+                else:
                     headers.append((b"x-request-id", rid.encode("latin-1")))
                 if timed_out:  # the rest of the body may still trickle in: drop the connection
                     headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
