@@ -92,3 +92,42 @@ def test_workers_limit_request_heads(server_factory: Callable[..., Server]) -> N
             assert r.status_code == 431, r.text
             assert r.json()["code"] == "RequestHeaderFieldsTooLarge"
             assert c.get("/health").status_code == 200
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_workers_get_their_secrets_outside_the_environment(
+    server_factory: Callable[..., Server],
+) -> None:
+    """The token and the database URL reach each worker in the config uvicorn pickles to it,
+    not in an environment variable that every process a worker starts would inherit."""
+    token = "tok-only-on-the-command-line-7"
+    server = server_factory(ECHO, "--workers", "2", token=token)
+    poll(
+        lambda: server.output().count("Application startup complete.") >= 2 or None,
+        timeout=60.0,
+        what="both workers to start",
+    )
+    children = _children(server.proc.pid)  # the workers, and multiprocessing's helper
+    workers = [p for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(workers) == 2
+    for pid in children:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert token.encode() not in environ
+        assert b"FLOWHOST__SETTINGS_JSON" not in environ
+    for _ in range(6):  # every worker has the token: new connections spread over them
+        with httpx.Client(base_url=server.url, timeout=15.0) as c:
+            assert c.post("/", json={"question": "x"}).status_code == 401
+            ok = c.post("/", json={"question": "x"}, headers=server.headers)
+            assert ok.status_code == 200, ok.text

@@ -24,9 +24,7 @@ from flowhost.server.app import create_app
 from flowhost.server.logs import JsonFormatter, OneLineFormatter
 from flowhost.server.protocol import ServerConfig
 
-__all__ = ["app_from_env", "log_config", "serve", "settings_json"]
-
-_SETTINGS_ENV = "FLOWHOST__SETTINGS_JSON"
+__all__ = ["WorkerConfig", "log_config", "serve", "settings_json"]
 
 
 def settings_json(settings: Settings) -> str:
@@ -38,9 +36,20 @@ def settings_json(settings: Settings) -> str:
     return json.dumps(data)
 
 
-def app_from_env() -> object:
-    """Factory for worker processes: the parent passes its settings through the environment."""
-    return create_app(Settings.model_validate(json.loads(os.environ[_SETTINGS_ENV])))
+class WorkerConfig(ServerConfig):
+    """The uvicorn config of ``--workers N``: uvicorn pickles it to each worker process (through
+    the pipe that starts the process), and the worker builds its app from the settings it
+    carries. Not through the environment: every process a worker starts (document-reading
+    processes, a node's subprocess) would inherit the token and the database password."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        # the app is made in the worker (``load``); the parent never loads one
+        super().__init__("flowhost.server.app:create_app", **kwargs)
+        self.settings_json = settings_json(settings)
+
+    def load(self) -> None:
+        self.app = create_app(Settings.model_validate_json(self.settings_json))
+        super().load()
 
 
 def _settle_gc(*, freeze: bool = True) -> None:
@@ -121,7 +130,6 @@ def serve(settings: Settings) -> None:
         "ws": "none",
     }
     if settings.workers > 1:
-        os.environ[_SETTINGS_ENV] = settings_json(settings)
         create_app(settings)  # validate the flows once in the parent: fail fast
         _settle_gc(freeze=False)  # that app is dropped: let the collector free it
         # metrics: every worker writes its values to one directory, /metrics sums them
@@ -129,14 +137,7 @@ def serve(settings: Settings) -> None:
         if own_dir is not None:
             os.environ[MULTIPROC_ENV] = own_dir
         try:
-            _run_workers(
-                ServerConfig(
-                    "flowhost.server.run:app_from_env",
-                    factory=True,
-                    workers=settings.workers,
-                    **common,
-                )
-            )
+            _run_workers(WorkerConfig(settings, workers=settings.workers, **common))
         finally:
             if own_dir is not None:
                 shutil.rmtree(own_dir, ignore_errors=True)
