@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from typing import Any
@@ -250,3 +251,24 @@ def test_the_redactor() -> None:
     odd = r.for_tokens({"tool": {"user_token": 'QQ"SECRET\\42'}})
     assert json.loads(odd.json({"prompt": 'say QQ"SECRET\\42'})) == {"prompt": "say [redacted]"}
     assert odd.text('say QQ"SECRET\\42') == "say [redacted]"
+
+
+async def test_a_traced_run_leaves_no_garbage_cycles(traced: MakeTraced) -> None:
+    """A run's objects are freed when it ends, not by the garbage collector: a cycle through
+    each run (the run's trace holding the prepared run that holds the trace) made gen0
+    collections of ~34k objects, 5-15 ms pauses (p99 at one connection 2 -> 10 ms)."""
+    t = await traced()
+    await t.run("echo", {"question": "warm up"})
+    await t.spans()
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(50):
+            events = await t.run("echo", {"question": f"q{i}"})
+            assert isinstance(events[-1], RunFinished)
+        del events
+        await t.spans()  # the pipeline has handed every run on
+        garbage = gc.collect()
+    finally:
+        gc.enable()
+    assert garbage < 50, garbage  # with the cycle: 482 (about 10 objects a run)

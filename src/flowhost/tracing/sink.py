@@ -87,15 +87,16 @@ class RunTrace:
     are kept); the run's record when the run ends."""
 
     __slots__ = (
+        "_app_id",
         "_attributes",
         "_content",
         "_done",
         "_emit",
         "_origin",
         "_parent",
-        "_prepared",
         "_redact",
         "_running",
+        "_session_id",
         "_span_id",
         "_start_ns",
         "run_id",
@@ -104,7 +105,11 @@ class RunTrace:
 
     def __init__(self, sink: TracingSink, pipeline: SpanPipeline, prepared: PreparedRun) -> None:
         ctx = prepared.ctx
-        self._prepared = prepared
+        # not ``prepared`` itself: it holds this observation, and the cycle would leave every
+        # run's objects to the garbage collector (gen0 pauses of 5-15 ms, p99 at one
+        # connection 2 -> 10 ms)
+        self._app_id = prepared.app.app_id
+        self._session_id = prepared.session_id or None
         self._redact = redact = sink.redactor.for_tokens(ctx.user_defined_tokens)
         self._content = sink.content
         self._emit = pipeline.emit if pipeline.active else None
@@ -242,9 +247,9 @@ class RunTrace:
         attrs["flowhost.status"] = status
         if self._emit is None:
             return
-        prepared, start = self._prepared, self._start_ns
+        start = self._start_ns
         end = max(start, end)
-        app_id = prepared.app.app_id
+        app_id = self._app_id
         record = RunRecord(
             self.trace_id,
             self._span_id,
@@ -253,7 +258,7 @@ class RunTrace:
             status,
             self.run_id,
             app_id,
-            prepared.session_id or None,
+            self._session_id,
             start,
             end,
             (end - start) // 1000,
