@@ -193,7 +193,7 @@ class _Observation:
                 ERRORS.labels(self.app, final.error.code).inc()
             else:
                 series.canceled += 1  # the client went away before the run ended
-            if isinstance(final, RunFinished | RunFailed):
+            if isinstance(final, (RunFinished, RunFailed)):
                 for usage in final.usage:
                     if usage.input_tokens:
                         TOKENS.labels(usage.model, "input").inc(usage.input_tokens)

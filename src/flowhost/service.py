@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 
@@ -43,6 +43,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("flowhost.service")
+# a run's last event; a tuple, not ``RunFinished | RunFailed``: that builds a union type at
+# every check, and runs check each of their events
+_ENDS: Final = (RunFinished, RunFailed)
 SESSION_ID_RULE = re.compile(r"[A-Za-z0-9_:\-]{32,255}")  # use with fullmatch
 
 
@@ -155,7 +158,7 @@ class PreparedRun:
         try:
             async with contextlib.aclosing(stream):
                 async for event in stream:
-                    if isinstance(event, RunFinished | RunFailed):
+                    if isinstance(event, _ENDS):
                         final = event
                         event = await self._finish(event)
                     for on_event in observe:
@@ -170,10 +173,10 @@ class PreparedRun:
         inline, self.inline = self.inline, None
         if inline is not None:
             last = (await self._run_inline(inline))[-1]
-            return last if isinstance(last, RunFinished | RunFailed) else None
+            return last if isinstance(last, _ENDS) else None
         async with contextlib.aclosing(self.events()) as events:
             async for event in events:
-                if isinstance(event, RunFinished | RunFailed):
+                if isinstance(event, _ENDS):
                     return event
         return None
 
@@ -185,7 +188,7 @@ class PreparedRun:
         events: list[RunEvent] = []
         try:
             for event in stream:
-                if isinstance(event, RunFinished | RunFailed):
+                if isinstance(event, _ENDS):
                     final = event
                     event = await self._finish(event)
                 for on_event in observe:

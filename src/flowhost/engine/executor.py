@@ -420,7 +420,7 @@ async def _execute_tasks(run: _Run, trace_id: str) -> AsyncGenerator[RunEvent, N
                 yield run.failed(item.event.error, start)
                 return
             yield item
-            if isinstance(item, NodeFinished | NodeSkipped):
+            if isinstance(item, (NodeFinished, NodeSkipped)):
                 remaining -= 1
                 ready, error = run.outputs_after(item.node)
                 for event in ready:
