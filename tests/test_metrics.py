@@ -109,3 +109,16 @@ def test_workers_write_every_run_at_once(monkeypatch: pytest.MonkeyPatch) -> Non
     assert metrics.MetricsSink().batch == 1
     monkeypatch.delenv(metrics.MULTIPROC_ENV)
     assert metrics.MetricsSink().batch == metrics.BATCH
+
+
+def test_observe_all_observes_one_by_one_without_the_internals_it_knows() -> None:
+    class Other:  # a histogram child without _upper_bounds, _buckets and _sum
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, value: float) -> None:
+            self.seen.append(value)
+
+    other = Other()
+    metrics.observe_all(other, VALUES)  # type: ignore[arg-type]
+    assert other.seen == VALUES

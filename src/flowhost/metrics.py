@@ -147,12 +147,17 @@ def observe_all(histogram: Histogram, values: list[float]) -> None:
     checks that the exposition is the one ``observe`` gives)."""
     if not values:
         return
-    bounds = histogram._upper_bounds
+    try:
+        bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
+    except AttributeError:  # a prometheus-client that keeps them otherwise: one by one
+        for value in values:
+            histogram.observe(value)
+        return
     counts = [0] * len(bounds)
     for value in values:
         counts[bisect_left(bounds, value)] += 1
-    histogram._sum.inc(sum(values))
-    for bucket, count in zip(histogram._buckets, counts, strict=True):
+    total.inc(sum(values))
+    for bucket, count in zip(buckets, counts, strict=True):
         if count:
             bucket.inc(count)
 
