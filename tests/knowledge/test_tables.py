@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Callable
@@ -78,6 +79,18 @@ async def test_migration_creates_the_tables_the_code_uses(
         assert base.pipeline_id == "p1"
         assert doc.tags == ["中文"]
         assert job.status == "pending"
+        # what every retrieval looks up, by statements built once (column.in_(values) would
+        # leave a reference cycle a call: 10 objects for the garbage collector)
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(5):
+                assert [b.pipeline_id for b in await repo.get_bases(["p1", "nope"])] == ["p1"]
+                assert await repo.files_of(["file_1", "nope"]) == {"file_1": "p1"}
+            garbage = gc.collect()
+        finally:
+            gc.enable()
+        assert garbage == 0
         await repo.delete_base("p1")
     finally:
         await store.close()

@@ -17,7 +17,17 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, delete, exc, func, insert, select, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    bindparam,
+    delete,
+    exc,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from flowhost.exceptions import InvalidInput, NotFound
 from flowhost.knowledge.records import (
@@ -97,6 +107,13 @@ class KnowledgeRepository:
     def __init__(self, store: Store) -> None:
         self._db = store.runner
         self.t = kb_tables(store.service)
+        b, d = self.t.base, self.t.doc
+        # Every retrieval looks its bases (and files) up by id. ``column.in_(values)`` would
+        # make a statement per call whose bind parameter is a reference cycle (10 objects a
+        # call, left to the garbage collector); these are built once, the ids bound at run time.
+        ids: BindParameter[list[str]] = bindparam("ids", expanding=True)
+        self._bases_by_id = select(b).where(b.c.pipeline_id.in_(ids))
+        self._files_by_id = select(d.c.file_id, d.c.pipeline_id).where(d.c.file_id.in_(ids))
 
     async def _read(self, operation: Callable[[Connection], T]) -> T:
         async with translate_errors("reading the knowledge catalogue"):
@@ -130,9 +147,8 @@ class KnowledgeRepository:
         """The existing bases among ``pipeline_ids`` (unknown ids are left out)."""
         if not pipeline_ids:
             return []
-        b = self.t.base
-        statement = select(b).where(b.c.pipeline_id.in_(list(pipeline_ids)))
-        rows = await self._read(lambda conn: conn.execute(statement).mappings().all())
+        ids = {"ids": list(pipeline_ids)}
+        rows = await self._read(lambda conn: conn.execute(self._bases_by_id, ids).mappings().all())
         return [_base(r) for r in rows]
 
     async def list_bases(self) -> list[KnowledgeBase]:
@@ -262,9 +278,8 @@ class KnowledgeRepository:
         """``file_id -> pipeline_id`` for the existing files among ``file_ids``."""
         if not file_ids:
             return {}
-        d = self.t.doc
-        statement = select(d.c.file_id, d.c.pipeline_id).where(d.c.file_id.in_(list(file_ids)))
-        rows = await self._read(lambda conn: conn.execute(statement).all())
+        ids = {"ids": list(file_ids)}
+        rows = await self._read(lambda conn: conn.execute(self._files_by_id, ids).all())
         return {r[0]: r[1] for r in rows}
 
     async def unfinished_of(self, file_ids: Sequence[str]) -> set[str]:
