@@ -41,7 +41,7 @@ from flowhost.tracing.attributes import (
     usage_attributes,
 )
 from flowhost.tracing.pipeline import SpanPipeline
-from flowhost.tracing.spans import Origin, new_span_id, new_trace_id, trace_hex
+from flowhost.tracing.spans import Origin, new_span_id, new_trace_id, span_hex, trace_hex
 
 __all__ = ["RunTrace", "TracingSink"]
 
@@ -136,7 +136,7 @@ class RunTrace:
         parent = trace.get_current_span().get_span_context()  # the caller's, via traceparent
         if parent.is_valid:
             self.trace_id = trace_hex(parent.trace_id)
-            self._parent: str | None = parent.span_id.to_bytes(8).hex()
+            self._parent: str | None = span_hex(parent.span_id)
             self._origin: Origin | None = Origin(parent.is_remote, parent.trace_state)
         else:
             self.trace_id = trace_hex(new_trace_id())

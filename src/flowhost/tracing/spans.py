@@ -31,20 +31,25 @@ from opentelemetry.trace import (
 from flowhost.ids import new_trace_id
 from flowhost.store.traces import RunRecord, SpanEntry
 
-__all__ = ["FAILED", "Origin", "new_span_id", "new_trace_id", "to_readable", "trace_hex"]
+__all__ = ["Origin", "new_span_id", "new_trace_id", "span_hex", "to_readable", "trace_hex"]
 
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
 _EMPTY_STATE: Final = TraceState()
-FAILED: Final = frozenset({"failed", "canceled"})  # the statuses exported as errors
+_FAILED: Final = frozenset({"failed", "canceled"})  # the statuses exported as errors
 
 
 def new_span_id() -> str:
-    """A random W3C span id as 16 hex digits (``int.to_bytes().hex()``: half the cost of
-    ``format(n, "016x")``)."""
+    """A random W3C span id as 16 hex digits."""
     while True:
         value = random.getrandbits(64)
         if value != INVALID_SPAN_ID:
-            return value.to_bytes(8).hex()
+            return span_hex(value)
+
+
+def span_hex(span_id: int) -> str:
+    """A W3C span id as 16 hex digits (``int.to_bytes().hex()``: half the cost of
+    ``format(n, "016x")``)."""
+    return span_id.to_bytes(8).hex()
 
 
 def trace_hex(trace_id: int) -> str:
@@ -79,7 +84,7 @@ def to_readable(
                 trace_flags=_SAMPLED,
                 trace_state=state or _EMPTY_STATE,
             )
-        if span.status in FAILED:
+        if span.status in _FAILED:
             message = str(span.attributes.get("flowhost.error.message", span.status))
             status = Status(StatusCode.ERROR, message)
         else:  # completed, skipped
