@@ -16,6 +16,10 @@ deadline of ``RequestContextMiddleware`` need not watch its receives. Between re
 kept-alive connection, uvicorn's own keep-alive timeout applies. The limits come from
 ``ServerConfig`` (``uvicorn.Config`` with two more settings): worker processes get the
 config as uvicorn pickles it to them.
+
+uvicorn is given the connection's transport as a ``CorkedTransport``
+(``flowhost.server.transport``): what one loop step writes, a response's head and body, leaves
+in one system call.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from flowhost.ids import uuid7
 from flowhost.metrics import HEADS_REFUSED
 from flowhost.server.errors import problem
 from flowhost.server.middleware import BODY_COMPLETE
+from flowhost.server.transport import CorkedTransport
 
 __all__ = ["HEADER_TIMEOUT_S", "MAX_HEADER_BYTES", "FlowhostHttpProtocol", "ServerConfig"]
 
@@ -110,7 +115,8 @@ class FlowhostHttpProtocol(HttpToolsProtocol):
     # -- connection --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # a response's head and body in one system call (see flowhost.server.transport)
+        super().connection_made(CorkedTransport(transport, self.loop))
         h = self._head
         h.since = self.loop.time()
         # One timer a connection, checking every quarter of the timeout, rather than one
