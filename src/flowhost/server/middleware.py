@@ -90,8 +90,13 @@ class RequestContextMiddleware:
         # The whole body must arrive within body_timeout of the request's start: a client that
         # trickles it (one byte a second) is answered 408 and its connection closed. Receives
         # after the body (waiting for http.disconnect) are not bounded.
-        loop_now = asyncio.get_running_loop().time()
-        deadline = None if self.body_timeout is None else loop_now + self.body_timeout
+        # A body that has all arrived (the usual small one) needs no deadline: not even the
+        # loop's clock is read (``get_running_loop`` is a getpid system call on Python 3.11).
+        deadline = (
+            None
+            if self.body_timeout is None or scope.get(BODY_COMPLETE)
+            else asyncio.get_running_loop().time() + self.body_timeout
+        )
         body_done = timed_out = False
 
         async def limited_receive() -> Message:
