@@ -125,6 +125,28 @@ async def test_a_failed_node_fails_its_span_and_the_run_span(traced: MakeTraced)
     assert attrs(spans["prepare"])["flowhost.status"] == "completed"
 
 
+async def test_a_node_given_the_runs_own_inputs_records_the_same_text(
+    traced: MakeTraced,
+) -> None:
+    t = await traced()
+    question = f"repeat {SERVER_TOKEN}"  # scrubbed once, for the run and the node alike
+    await t.run("echo", {"question": question, "chat_history": []})
+    spans = await t.spans()
+    assert [s.name for s in spans] == ["echo", "echo"]  # the node, then the run
+    node, run = (attrs(s) for s in spans)
+    assert node["input.value"] == run["input.value"]
+    assert node["input.mime_type"] == run["input.mime_type"] == "application/json"
+    assert json.loads(node["input.value"]) == {
+        "question": "repeat [redacted]",
+        "chat_history": [],
+    }
+    # other inputs (the same values in another order, say) are encoded for the node itself
+    await t.run("fail", {"question": " why "})
+    failed = by_name(await t.spans())
+    assert json.loads(attrs(failed["explode"])["input.value"]) == {"text": "why"}
+    assert json.loads(attrs(failed["fail"])["input.value"]) == {"question": " why "}
+
+
 async def test_a_canceled_run_ends_its_spans_as_canceled(traced: MakeTraced, llm: FakeLLM) -> None:
     t = await traced()
     llm.enqueue(Reply(text="slow words here", chunk_delay=5.0))

@@ -92,6 +92,7 @@ class RunTrace:
         "_content",
         "_done",
         "_emit",
+        "_inputs",
         "_origin",
         "_parent",
         "_redact",
@@ -130,6 +131,7 @@ class RunTrace:
             attrs["session.id"] = prepared.session_id
         if ctx.user_id:
             attrs["user.id"] = redact.text(ctx.user_id)
+        self._inputs = prepared.inputs
         if self._content:
             add_value(attrs, "input", prepared.inputs, redact)
         self._attributes = attrs
@@ -178,6 +180,18 @@ class RunTrace:
             "flowhost.run_id": self.run_id,
         }
 
+    def _add_inputs(self, attrs: dict[str, Any], inputs: dict[str, Any]) -> None:
+        """A node's inputs as its span's ``input.*``. A node given the run's own inputs (same
+        keys, same order, equal values; a chat flow's first node, often) shares the run span's
+        text: comparing costs less than encoding and scrubbing it again."""
+        run_inputs = self._inputs
+        if inputs == run_inputs and list(inputs) == list(run_inputs):
+            run_attrs = self._attributes
+            attrs["input.value"] = run_attrs["input.value"]
+            attrs["input.mime_type"] = run_attrs["input.mime_type"]
+        else:
+            add_value(attrs, "input", inputs, self._redact)
+
     def _started(self, node: str, end: float, duration: float) -> int:
         """When ``node`` started: at its NodeStarted, or ``duration`` before ``end``."""
         started = self._running.pop(node, None)
@@ -188,7 +202,7 @@ class RunTrace:
         attrs = self._node_attributes(node, node_type)
         redact, content = self._redact, self._content
         if content:
-            add_value(attrs, "input", ev.inputs, redact)
+            self._add_inputs(attrs, ev.inputs)
             add_value(attrs, "output", ev.output, redact)
         if node_type == "llm":
             attrs.update(llm_attributes(ev.trace, ev.output, redact, content=content))
@@ -203,7 +217,7 @@ class RunTrace:
         node, node_type = ev.node, ev.node_type
         attrs = self._node_attributes(node, node_type)
         if self._content and ev.inputs is not None:
-            add_value(attrs, "input", ev.inputs, self._redact)
+            self._add_inputs(attrs, ev.inputs)
         attrs.update(error_attributes(ev.error, self._redact))
         if node_type == "llm" and ev.trace:
             attrs.update(llm_attributes(ev.trace, None, self._redact, content=self._content))
