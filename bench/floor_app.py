@@ -169,14 +169,11 @@ def _row(
     """The trace table's row of one run (its node span in ``spans``)."""
     end = time.time_ns()
     inputs_json = orjson.dumps(inputs).decode()
+    # as flowhost stores them: not what the columns hold (type, app, run id, status)
     attributes = {
-        "flowhost.span_type": "flow",
-        "flowhost.app_id": "echo",
-        "flowhost.run_id": run_id,
         "flowhost.request_id": rid.decode("latin-1"),
         "input.value": inputs_json,
         "output.value": orjson.dumps(outputs).decode(),
-        "flowhost.status": "completed",
     }
     span_id = f"{random.getrandbits(64):016x}"
     node = {
@@ -187,12 +184,7 @@ def _row(
         "status": "completed",
         "start_ns": node_start,
         "end_ns": node_end,
-        "attributes": {
-            "flowhost.run_id": run_id,
-            "input.value": inputs_json,
-            "output.value": outputs["answer"],
-            "flowhost.status": "completed",
-        },
+        "attributes": {"input.value": inputs_json, "output.value": outputs["answer"]},
     }
     return (
         f"{trace_id:032x}",

@@ -5,6 +5,12 @@ run**: the run's root span in columns (trace id, span id, app, session, status, 
 attributes) and its node spans as one JSON list. A run is written once, when it ends, so a flow
 of any size costs one insert; reading a trace is one indexed lookup. A trace that several runs
 continued (one incoming ``traceparent``) has one row per run. Rows are pruned by age.
+
+Attributes the row already holds elsewhere are not stored twice: a span's type, node name and
+status, and the run's app and run id (and the root's constant kind) are in columns and entry
+fields, and ``RunRecord.root_attributes`` / ``node_attributes`` put them back for readers and
+exporters. (Rows written before that carry them as well, with the same values.) They were a
+quarter of an echo run's row, and bytes stored cost SQLite time: ~3 of its ~15 µs a run.
 """
 
 from __future__ import annotations
@@ -213,6 +219,28 @@ class RunRecord:
     def start_time(self) -> datetime:
         return utc_from_ns(self.start_ns)
 
+    def root_attributes(self) -> dict[str, Any]:
+        """The root span's attributes: as stored, with those its columns hold (see the
+        module)."""
+        attrs: dict[str, Any] = {"flowhost.span_type": "flow", "openinference.span.kind": "CHAIN"}
+        if self.app_id is not None:
+            attrs["flowhost.app_id"] = self.app_id
+        if self.run_id is not None:
+            attrs["flowhost.run_id"] = self.run_id
+        attrs.update(self.attributes)
+        attrs["flowhost.status"] = self.status
+        return attrs
+
+    def node_attributes(self, span: SpanEntry) -> dict[str, Any]:
+        """A node span's attributes: as stored, with those its fields and the run's columns
+        hold (see the module)."""
+        attrs: dict[str, Any] = {"flowhost.span_type": span.span_type, "flowhost.node": span.name}
+        if self.run_id is not None:
+            attrs["flowhost.run_id"] = self.run_id
+        attrs.update(span.attributes)
+        attrs["flowhost.status"] = span.status
+        return attrs
+
     @property
     def end_time(self) -> datetime:
         return utc_from_ns(self.end_ns)
@@ -228,7 +256,7 @@ class RunRecord:
             self.start_time,
             self.end_time,
             self.duration_us,
-            self.attributes,
+            self.root_attributes(),
         )
 
     def expand(self) -> list[SpanRecord]:
@@ -246,7 +274,7 @@ class RunRecord:
                     utc_from_ns(s.start_ns),
                     utc_from_ns(s.end_ns),
                     (s.end_ns - s.start_ns) // 1000,
-                    s.attributes,
+                    self.node_attributes(s),
                 )
             )
         return out

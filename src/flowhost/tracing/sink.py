@@ -60,6 +60,12 @@ def _ns(ts: float) -> int:
     return int(ts * 1e9)
 
 
+def _node_attributes(node_type: str) -> dict[str, Any]:
+    # a node's type, name and status are its entry's fields, the run id the record's column:
+    # ``RunRecord.node_attributes`` adds them back for readers and exporters
+    return {"openinference.span.kind": span_kind_of(node_type)}
+
+
 class TracingSink:
     """A ``RunSink``: opens a ``RunTrace`` per run while a pipeline is set (``Tracing.start``)."""
 
@@ -116,14 +122,12 @@ class RunTrace:
         self._emit = pipeline.emit if pipeline.active else None
         self._running: dict[str, tuple[float, str]] = {}  # started, not ended: its start, type
         self._done: list[SpanEntry] = []  # ended node spans, in the order they ended
-        self.run_id = run_id = prepared.run_id
+        self.run_id = prepared.run_id
         self._start_ns = _ns(prepared.started_at)
         self._span_id = new_span_id()
+        # what the record's columns hold (type, app, run id, status) is not repeated here:
+        # ``RunRecord.root_attributes`` adds it back for readers and exporters
         attrs: dict[str, Any] = {
-            "flowhost.span_type": "flow",
-            "openinference.span.kind": "CHAIN",
-            "flowhost.app_id": prepared.app.app_id,
-            "flowhost.run_id": run_id,
             "flowhost.request_id": ctx.request_id,
             "flowhost.protocol": prepared.protocol,
         }
@@ -165,20 +169,11 @@ class RunTrace:
         self, node: str, node_type: str, status: str, attrs: dict[str, Any], start: int, end: int
     ) -> None:
         """An ended node span, kept to be emitted with the run's."""
-        attrs["flowhost.status"] = status
         self._done.append(
             SpanEntry(
                 new_span_id(), self._span_id, node, node_type, status, start, max(start, end), attrs
             )
         )
-
-    def _node_attributes(self, node: str, node_type: str) -> dict[str, Any]:
-        return {
-            "flowhost.span_type": node_type,
-            "openinference.span.kind": span_kind_of(node_type),
-            "flowhost.node": node,
-            "flowhost.run_id": self.run_id,
-        }
 
     def _add_inputs(self, attrs: dict[str, Any], inputs: dict[str, Any]) -> None:
         """A node's inputs as its span's ``input.*``. A node given the run's own inputs (same
@@ -199,7 +194,7 @@ class RunTrace:
 
     def _node_finished(self, ev: NodeFinished) -> None:
         node, node_type = ev.node, ev.node_type
-        attrs = self._node_attributes(node, node_type)
+        attrs = _node_attributes(node_type)
         redact, content = self._redact, self._content
         if content:
             self._add_inputs(attrs, ev.inputs)
@@ -215,7 +210,7 @@ class RunTrace:
 
     def _node_failed(self, ev: NodeFailed) -> None:
         node, node_type = ev.node, ev.node_type
-        attrs = self._node_attributes(node, node_type)
+        attrs = _node_attributes(node_type)
         if self._content and ev.inputs is not None:
             self._add_inputs(attrs, ev.inputs)
         attrs.update(error_attributes(ev.error, self._redact))
@@ -226,7 +221,7 @@ class RunTrace:
 
     def _node_skipped(self, ev: NodeSkipped) -> None:
         at = _ns(ev.timestamp)
-        attrs = self._node_attributes(ev.node, ev.node_type)
+        attrs = _node_attributes(ev.node_type)
         self._node(ev.node, ev.node_type, "skipped", attrs, at, at)
 
     # -- end ----------------------------------------------------------------------------------
@@ -240,7 +235,7 @@ class RunTrace:
     def _close(self, final: RunEvent | None) -> None:
         now = time.time_ns()
         for node, (start, node_type) in self._running.items():  # canceled with the run
-            attrs = self._node_attributes(node, node_type)
+            attrs = _node_attributes(node_type)
             attrs.update(_CANCELED_ATTRS)
             self._node(node, node_type, "canceled", attrs, _ns(start), now)
         self._running.clear()
@@ -258,7 +253,6 @@ class RunTrace:
         else:
             attrs.update(_CANCELED_ATTRS)
             status, end = "canceled", now
-        attrs["flowhost.status"] = status
         if self._emit is None:
             return
         start = self._start_ns

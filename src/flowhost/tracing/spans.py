@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -74,7 +74,7 @@ def to_readable(
     trace_id = int(run.trace_id, 16)
     state = origin.trace_state if origin is not None else None
 
-    def readable(span: SpanEntry, parent_remote: bool) -> ReadableSpan:
+    def readable(span: SpanEntry, attributes: dict[str, Any], parent_remote: bool) -> ReadableSpan:
         parent = None
         if span.parent_span_id is not None:
             parent = SpanContext(
@@ -85,7 +85,7 @@ def to_readable(
                 trace_state=state or _EMPTY_STATE,
             )
         if span.status in _FAILED:
-            message = str(span.attributes.get("flowhost.error.message", span.status))
+            message = str(attributes.get("flowhost.error.message", span.status))
             status = Status(StatusCode.ERROR, message)
         else:  # completed, skipped
             status = Status(StatusCode.OK)
@@ -97,7 +97,7 @@ def to_readable(
             context=context,
             parent=parent,
             resource=resource,
-            attributes=span.attributes,
+            attributes=attributes,
             kind=SpanKind.INTERNAL,
             status=status,
             start_time=span.start_ns,
@@ -116,4 +116,7 @@ def to_readable(
         run.attributes,
     )
     remote = origin.remote if origin is not None else False
-    return [*(readable(s, False) for s in run.spans), readable(root, remote)]
+    return [
+        *(readable(s, run.node_attributes(s), False) for s in run.spans),
+        readable(root, run.root_attributes(), remote),
+    ]
