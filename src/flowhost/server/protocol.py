@@ -18,8 +18,7 @@ kept-alive connection, uvicorn's own keep-alive timeout applies. The limits come
 config as uvicorn pickles it to them.
 
 uvicorn is given the connection's transport as a ``CorkedTransport``
-(``flowhost.server.transport``): what one loop step writes, a response's head and body, leaves
-in one system call.
+(``flowhost.server.transport``): a response's head leaves with its body, in one system call.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -180,6 +179,11 @@ class FlowhostHttpProtocol(HttpToolsProtocol):
             return
         h.in_head = h.began = False
         super().on_headers_complete()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # the cycle's first write is its response's head: sent with the body (see the module)
+        cast(CorkedTransport, self.transport).hold_next()
+        super()._start_asgi_task(cycle, app)
 
     def on_body(self, body: bytes) -> None:
         h = self._head
