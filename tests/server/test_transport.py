@@ -219,3 +219,30 @@ async def test_the_protocol_streams_each_event_when_it_is_written() -> None:
             break
     assert raw.calls[-1] == ("write", b"4\r\nlast\r\n0\r\n\r\n")
     protocol.connection_lost(None)
+
+
+async def test_an_interim_100_continue_reaches_the_client_before_the_body_is_sent() -> None:
+    config = ServerConfig(_answer, max_header_bytes=4096, header_timeout=5.0)
+    config.load()
+    raw = Recorder()
+    protocol = FlowhostHttpProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+    protocol.connection_made(raw)
+    body = b'{"question": "hi"}'
+    protocol.data_received(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    for _ in range(20):  # the app waits for the body; the client, for the interim answer
+        await _next_step()
+        if raw.calls:
+            break
+    assert raw.calls == [("write", b"HTTP/1.1 100 Continue\r\n\r\n")]
+    protocol.data_received(body)
+    for _ in range(20):
+        await _next_step()
+        if len(raw.calls) > 1:
+            break
+    head, _, sent = raw.calls[1][1].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert sent == b'{"answer":"echo: hi"}'
+    protocol.connection_lost(None)

@@ -14,6 +14,9 @@ response's head, is held:
 - any other head (a stream's) leaves with the next write, the stream's first event, at once;
   the stream's events are never held.
 
+An interim answer before the head (``100 Continue``, which the client waits for before it sends
+the body) is not held.
+
 Measured on the echo app at 32 connections (server on one core, wrk on the other, alternating
 runs): kernel time 30-36 -> 13-20 µs a request, CPU ~-15%. Holding only the head (so that the
 body is sent at once, joined to it) saved half as much; holding every write until the end of
@@ -66,6 +69,9 @@ class CorkedTransport(asyncio.Transport):
             else:
                 self._transport.writelines((held, data))
         elif self._hold:
+            if data[:10] == b"HTTP/1.1 1":  # an interim answer (100 Continue): at once
+                self._transport.write(data)
+                return
             self._hold = False
             self._held = bytes(data)
             self._whole = b"\r\ncontent-length: " in self._held
