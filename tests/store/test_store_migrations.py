@@ -222,3 +222,35 @@ async def test_a_new_sqlite_database_is_built_as_the_migrations_build_it(tmp_pat
     finally:
         await engine.dispose()
     assert _sqlite_schema(fast_dir / "flowhost.db") == fast
+
+
+async def test_a_new_sqlite_store_has_8k_pages_and_an_old_one_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from flowhost.store.engine import SQLITE_PAGE_SIZE
+
+    def page_size(path: Path) -> int:
+        with sqlite3.connect(path) as db:
+            return int(db.execute("PRAGMA page_size").fetchone()[0])
+
+    store = await Store.open(None, data_dir=tmp_path / "new", service="pages")
+    await store.close()
+    assert page_size(tmp_path / "new" / "flowhost.db") == SQLITE_PAGE_SIZE == 8192
+
+    old = tmp_path / "old"
+    old.mkdir()
+    with sqlite3.connect(old / "flowhost.db") as db:  # a store made with SQLite's default pages
+        db.execute("PRAGMA page_size=4096")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE kept (x INTEGER)")
+        db.execute("INSERT INTO kept VALUES (1)")
+    store = await Store.open(None, data_dir=old, service="pages")
+    await store.close()
+    assert page_size(old / "flowhost.db") == 4096
+    with sqlite3.connect(old / "flowhost.db") as db:
+        assert db.execute("SELECT x FROM kept").fetchall() == [(1,)]
+        assert "flowhost_trace_run_pages" in {
+            r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }

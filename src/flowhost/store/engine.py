@@ -59,7 +59,13 @@ _DRIVERS: Final[dict[str, tuple[Dialect, str]]] = {
     "postgresql": ("postgresql", "asyncpg"),
     "postgres": ("postgresql", "asyncpg"),
 }
+# page_size applies to a database file that is still empty (a new store; an existing one keeps
+# its own, and the pragma is a no-op): 8 KiB pages halve the WAL frames an append of trace rows
+# (~0.8 KB each) writes and its checkpoints copy back (each a header and a page written): the
+# store's writer ~16 -> ~14 µs a run on the echo app, alternating runs.
+SQLITE_PAGE_SIZE: Final = 8192
 _SQLITE_PRAGMAS: Final = (
+    f"PRAGMA page_size={SQLITE_PAGE_SIZE}",
     "PRAGMA journal_mode=WAL",
     "PRAGMA busy_timeout=5000",
     "PRAGMA synchronous=NORMAL",
