@@ -219,6 +219,10 @@ class RunRecord:
     def start_time(self) -> datetime:
         return utc_from_ns(self.start_ns)
 
+    @property
+    def end_time(self) -> datetime:
+        return utc_from_ns(self.end_ns)
+
     def root_attributes(self) -> dict[str, Any]:
         """The root span's attributes: as stored, with those its columns hold (see the
         module)."""
@@ -240,10 +244,6 @@ class RunRecord:
         attrs.update(span.attributes)
         attrs["flowhost.status"] = span.status
         return attrs
-
-    @property
-    def end_time(self) -> datetime:
-        return utc_from_ns(self.end_ns)
 
     def root(self) -> SpanRecord:
         return SpanRecord(

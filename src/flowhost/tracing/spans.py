@@ -105,6 +105,7 @@ def to_readable(
             instrumentation_scope=scope,
         )
 
+    root_attributes = run.root_attributes()
     root = SpanEntry(
         run.span_id,
         run.parent_span_id,
@@ -113,10 +114,10 @@ def to_readable(
         run.status,
         run.start_ns,
         run.end_ns,
-        run.attributes,
+        root_attributes,
     )
     remote = origin.remote if origin is not None else False
     return [
         *(readable(s, run.node_attributes(s), False) for s in run.spans),
-        readable(root, run.root_attributes(), remote),
+        readable(root, root_attributes, remote),
     ]

@@ -84,7 +84,7 @@ def _strings_in(value: Any, out: list[str]) -> None:
     elif isinstance(value, dict):
         for v in value.values():
             _strings_in(v, out)
-    elif isinstance(value, list | tuple):
+    elif isinstance(value, (list, tuple)):
         for v in value:
             _strings_in(v, out)
 
