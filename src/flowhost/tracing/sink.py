@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from opentelemetry import trace
@@ -31,6 +32,7 @@ from flowhost.engine.events import (
 from flowhost.service import PreparedRun, RunObservation
 from flowhost.store.traces import RunRecord, SpanEntry
 from flowhost.tracing.attributes import (
+    RETRIEVAL_TYPES,
     Redactor,
     add_value,
     error_attributes,
@@ -53,17 +55,20 @@ _CANCELED_ATTRS: Final = {
     "flowhost.error.code": "RunCanceled",
     "flowhost.error.message": _CANCELED,
 }
-_NODE_EVENTS: Final = frozenset({"NodeStarted", "NodeFinished", "NodeFailed", "NodeSkipped"})
 
 
 def _ns(ts: float) -> int:
     return int(ts * 1e9)
 
 
+_KIND: Final = "openinference.span.kind"
+_SPAN_KINDS: Final = {t: span_kind_of(t) for t in ("llm", *RETRIEVAL_TYPES)}  # else CHAIN
+
+
 def _node_attributes(node_type: str) -> dict[str, Any]:
     # a node's type, name and status are its entry's fields, the run id the record's column:
     # ``RunRecord.node_attributes`` adds them back for readers and exporters
-    return {"openinference.span.kind": span_kind_of(node_type)}
+    return {_KIND: _SPAN_KINDS.get(node_type, "CHAIN")}
 
 
 class TracingSink:
@@ -151,19 +156,16 @@ class RunTrace:
     # -- events -------------------------------------------------------------------------------
 
     def on_event(self, event: RunEvent) -> None:
-        if event.kind not in _NODE_EVENTS:  # deltas, outputs, run start and end: nothing here
+        handler = _HANDLERS.get(type(event))
+        if handler is None:  # deltas, outputs, run start and end: nothing here
             return
         try:
-            if isinstance(event, NodeStarted):
-                self._running[event.node] = (event.timestamp, event.node_type)
-            elif isinstance(event, NodeFinished):
-                self._node_finished(event)
-            elif isinstance(event, NodeFailed):
-                self._node_failed(event)
-            elif isinstance(event, NodeSkipped):
-                self._node_skipped(event)
+            handler(self, event)
         except Exception:
             log.exception("run %s: cannot record %s", self.run_id, event.kind)
+
+    def _node_started(self, ev: NodeStarted) -> None:
+        self._running[ev.node] = (ev.timestamp, ev.node_type)
 
     def _node(
         self, node: str, node_type: str, status: str, attrs: dict[str, Any], start: int, end: int
@@ -193,8 +195,9 @@ class RunTrace:
         return _ns(end - duration if started is None else started[0])
 
     def _node_finished(self, ev: NodeFinished) -> None:
+        # the common case, so ``_node_attributes``, ``_started`` and ``_node`` are inline here
         node, node_type = ev.node, ev.node_type
-        attrs = _node_attributes(node_type)
+        attrs: dict[str, Any] = {_KIND: _SPAN_KINDS.get(node_type, "CHAIN")}
         redact, content = self._redact, self._content
         if content:
             self._add_inputs(attrs, ev.inputs)
@@ -205,8 +208,22 @@ class RunTrace:
             attrs.update(retrieval_attributes(ev.trace, ev.output, redact, content=content))
         if ev.usage:
             attrs.update(usage_attributes(ev.usage, genai=node_type == "llm"))
-        start = self._started(node, ev.timestamp, ev.duration)
-        self._node(node, node_type, "completed", attrs, start, _ns(ev.timestamp))
+        end = ev.timestamp
+        started = self._running.pop(node, None)
+        start = int((end - ev.duration if started is None else started[0]) * 1e9)
+        end_ns = int(end * 1e9)
+        self._done.append(
+            SpanEntry(
+                new_span_id(),
+                self._span_id,
+                node,
+                node_type,
+                "completed",
+                start,
+                end_ns if end_ns > start else start,
+                attrs,
+            )
+        )
 
     def _node_failed(self, ev: NodeFailed) -> None:
         node, node_type = ev.node, ev.node_type
@@ -276,3 +293,12 @@ class RunTrace:
             self._done,
         )
         self._emit(record, self._origin)
+
+
+# what ``RunTrace.on_event`` records, by the event's class (events are final dataclasses)
+_HANDLERS: Final[dict[type, Callable[[RunTrace, Any], None]]] = {
+    NodeStarted: RunTrace._node_started,
+    NodeFinished: RunTrace._node_finished,
+    NodeFailed: RunTrace._node_failed,
+    NodeSkipped: RunTrace._node_skipped,
+}
