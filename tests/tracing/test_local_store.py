@@ -26,6 +26,7 @@ from flowhost.store.traces import (
     SpanRecord,
     TraceQuery,
     TraceRepository,
+    sqlite_time_text,
     trace_table,
     utc_from_ns,
 )
@@ -337,3 +338,14 @@ async def test_run_times_round_trip_to_the_microsecond_and_compare_as_sqlalchemy
         TraceQuery(since=utc + timedelta(microseconds=1)), limit=9, offset=0
     )
     assert [r.trace_id[0] for r in later[0]] == ["b"]
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [0, 1_796_678_654_000_000_999, 1_796_678_654_000_123_000, 1_796_678_654_999_999_999],
+)
+def test_sqlite_time_text_is_what_sqlalchemy_stores(ns: int) -> None:
+    # the text SQLAlchemy's SQLite DATETIME writes: naive UTC, six digits of microseconds
+    moment = datetime.fromtimestamp(ns // 1000 / 1e6, UTC).replace(tzinfo=None)
+    moment = moment.replace(microsecond=ns // 1000 % 1_000_000)  # no float rounding
+    assert sqlite_time_text(ns) == moment.isoformat(" ", "microseconds")
