@@ -19,9 +19,9 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["JSON_OPTIONS", "compact_json", "lenient_default", "parse_json"]
+__all__ = ["compact_json", "lenient_default", "parse_json"]
 
-JSON_OPTIONS: Final = (  # compact_json's (callers that inline it use the same)
+_OPTIONS: Final = (
     orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 )
 
@@ -41,7 +41,7 @@ def lenient_default(o: Any) -> Any:
 def compact_json(value: Any, default: Callable[[Any], Any] | None = None) -> str:
     """``value`` as one line of JSON, UTF-8 kept as is (not \\u-escaped)."""
     try:
-        return orjson.dumps(value, default=default, option=JSON_OPTIONS).decode()
+        return orjson.dumps(value, default=default, option=_OPTIONS).decode()
     except (orjson.JSONEncodeError, TypeError):
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=default)
 

@@ -43,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 
 from flowhost.frozen import frozen
-from flowhost.jsontext import JSON_OPTIONS, compact_json
+from flowhost.jsontext import compact_json
 from flowhost.store.engine import translate_errors
 from flowhost.store.names import ServiceNames, service_names
 from flowhost.store.runner import Runner
@@ -355,11 +355,6 @@ def sqlite_time_text(ns: int) -> str:
 
 def _sqlite_row(run: RunRecord) -> tuple[Any, ...]:
     """``_row`` as the values SQLAlchemy would bind on SQLite, in ``_COLUMNS`` order."""
-    try:  # ``compact_json`` and ``_spans_json``, inline: one row a run
-        attributes = orjson.dumps(run.attributes, option=JSON_OPTIONS).decode()
-        spans = orjson.dumps(run.spans).decode()
-    except (orjson.JSONEncodeError, TypeError):  # what only ``json`` encodes (see jsontext)
-        attributes, spans = compact_json(run.attributes), _spans_json(run.spans)
     return (
         run.trace_id,
         run.span_id,
@@ -374,8 +369,8 @@ def _sqlite_row(run: RunRecord) -> tuple[Any, ...]:
         run.duration_us,
         run.input_tokens,
         run.output_tokens,
-        attributes,
-        spans,
+        compact_json(run.attributes),
+        _spans_json(run.spans),
     )
 
 

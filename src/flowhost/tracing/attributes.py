@@ -19,16 +19,13 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-import orjson
-
 from flowhost.engine.events import ErrorInfo, ModelUsage
-from flowhost.jsontext import JSON_OPTIONS, compact_json, lenient_default
+from flowhost.jsontext import compact_json, lenient_default
 from flowhost.wire.sse import dumps
 
 __all__ = [
     "MAX_VALUE_CHARS",
     "REDACTED",
-    "RETRIEVAL_TYPES",
     "Redactor",
     "add_value",
     "error_attributes",
@@ -48,20 +45,20 @@ _SECRET_KEY = re.compile(
     r"|private[_-]?key|access[_-]?key|token(s)?($|[_\-.])",
     re.IGNORECASE,
 )
-RETRIEVAL_TYPES: Final = frozenset({"knowledge_retrieval", "retrieval", "retriever"})
+_RETRIEVAL_TYPES: Final = frozenset({"knowledge_retrieval", "retrieval", "retriever"})
 
 
 def span_kind_of(node_type: str) -> str:
     """The OpenInference span kind of a node type."""
     if node_type == "llm":
         return "LLM"
-    if node_type in RETRIEVAL_TYPES:
+    if node_type in _RETRIEVAL_TYPES:
         return "RETRIEVER"
     return "CHAIN"
 
 
 def is_retrieval(node_type: str) -> bool:
-    return node_type in RETRIEVAL_TYPES
+    return node_type in _RETRIEVAL_TYPES
 
 
 class Redactor:
@@ -97,9 +94,7 @@ class Redactor:
 
     def text(self, value: str) -> str:
         """Scrub known secrets out of ``value`` and bound its length."""
-        for secret in self._secrets:  # ``scrub``, inline: this runs for every traced value
-            if secret in value:
-                value = value.replace(secret, REDACTED)
+        value = self.scrub(value)
         if len(value) > MAX_VALUE_CHARS:
             cut = len(value) - MAX_VALUE_CHARS
             value = f"{value[:MAX_VALUE_CHARS]}…[{cut} more characters]"
@@ -132,10 +127,7 @@ class Redactor:
         """``value`` as scrubbed, bounded JSON text (strings stay strings)."""
         if isinstance(value, str):
             return self.text(value)
-        try:  # ``compact_json``, inline: this runs for every traced value
-            text = orjson.dumps(value, default=lenient_default, option=JSON_OPTIONS).decode()
-        except (orjson.JSONEncodeError, TypeError):
-            text = _encode(value)
+        text = _encode(value)
         if _maybe_secret(text):  # maybe a secret-looking key: walk the value
             redacted = self.value(value)
             if redacted is not value:

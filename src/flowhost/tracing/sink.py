@@ -32,7 +32,6 @@ from flowhost.engine.events import (
 from flowhost.service import PreparedRun, RunObservation
 from flowhost.store.traces import RunRecord, SpanEntry
 from flowhost.tracing.attributes import (
-    RETRIEVAL_TYPES,
     Redactor,
     add_value,
     error_attributes,
@@ -61,14 +60,10 @@ def _ns(ts: float) -> int:
     return int(ts * 1e9)
 
 
-_KIND: Final = "openinference.span.kind"
-_SPAN_KINDS: Final = {t: span_kind_of(t) for t in ("llm", *RETRIEVAL_TYPES)}  # else CHAIN
-
-
 def _node_attributes(node_type: str) -> dict[str, Any]:
     # a node's type, name and status are its entry's fields, the run id the record's column:
     # ``RunRecord.node_attributes`` adds them back for readers and exporters
-    return {_KIND: _SPAN_KINDS.get(node_type, "CHAIN")}
+    return {"openinference.span.kind": span_kind_of(node_type)}
 
 
 class TracingSink:
@@ -195,9 +190,8 @@ class RunTrace:
         return _ns(end - duration if started is None else started[0])
 
     def _node_finished(self, ev: NodeFinished) -> None:
-        # the common case, so ``_node_attributes``, ``_started`` and ``_node`` are inline here
         node, node_type = ev.node, ev.node_type
-        attrs: dict[str, Any] = {_KIND: _SPAN_KINDS.get(node_type, "CHAIN")}
+        attrs = _node_attributes(node_type)
         redact, content = self._redact, self._content
         if content:
             self._add_inputs(attrs, ev.inputs)
@@ -208,22 +202,8 @@ class RunTrace:
             attrs.update(retrieval_attributes(ev.trace, ev.output, redact, content=content))
         if ev.usage:
             attrs.update(usage_attributes(ev.usage, genai=node_type == "llm"))
-        end = ev.timestamp
-        started = self._running.pop(node, None)
-        start = int((end - ev.duration if started is None else started[0]) * 1e9)
-        end_ns = int(end * 1e9)
-        self._done.append(
-            SpanEntry(
-                new_span_id(),
-                self._span_id,
-                node,
-                node_type,
-                "completed",
-                start,
-                end_ns if end_ns > start else start,
-                attrs,
-            )
-        )
+        start = self._started(node, ev.timestamp, ev.duration)
+        self._node(node, node_type, "completed", attrs, start, _ns(ev.timestamp))
 
     def _node_failed(self, ev: NodeFailed) -> None:
         node, node_type = ev.node, ev.node_type

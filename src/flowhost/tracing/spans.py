@@ -39,7 +39,7 @@ _FAILED: Final = frozenset({"failed", "canceled"})  # the statuses exported as e
 
 def new_span_id() -> str:
     """A random W3C span id as 16 hex digits (never the invalid id 0)."""
-    return (random.getrandbits(64) or 1).to_bytes(8).hex()  # as span_hex, one call less
+    return span_hex(random.getrandbits(64) or 1)
 
 
 def span_hex(span_id: int) -> str:
