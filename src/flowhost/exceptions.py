@@ -11,6 +11,7 @@ protocol has exactly one function that maps this tree to its own status code and
     │   ├── Unauthorized              401: missing or wrong bearer token
     │   ├── Forbidden                 403: e.g. a session owned by another user
     │   ├── NotFound                  404: unknown app, session, message, ...
+    │   ├── RequestTimeout            408: the body did not arrive in time (slow-loris)
     │   └── PayloadTooLarge           413: body over the configured limit
     ├── ServiceUnavailable            503: a backing service (database, vector store) is down
     └── RunError                      a run failed after it started
@@ -36,6 +37,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RequestError",
+    "RequestTimeout",
     "RunCanceled",
     "RunError",
     "ServiceUnavailable",
@@ -123,6 +125,13 @@ class Forbidden(RequestError):
 class NotFound(RequestError):
     status = 404
     code = "NotFound"
+
+
+class RequestTimeout(RequestError):
+    """The client did not finish sending its body in time (slow-loris); answered 408."""
+
+    status = 408
+    code = "RequestTimeout"
 
 
 class PayloadTooLarge(RequestError):

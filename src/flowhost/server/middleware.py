@@ -12,7 +12,7 @@ from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flowhost.exceptions import PayloadTooLarge, RequestError, Unauthorized
+from flowhost.exceptions import PayloadTooLarge, RequestTimeout, Unauthorized
 from flowhost.ids import uuid7
 from flowhost.server.errors import render_error
 
@@ -34,13 +34,6 @@ OPEN_PREFIXES = ("/ui",)
 # whole body has arrived: a receive then cannot wait, and needs no deadline (an
 # ``asyncio.timeout_at`` per receive was ~4% of a small flow's request).
 BODY_COMPLETE: Final = "flowhost.body_complete"
-
-
-class RequestTimeout(RequestError):
-    """The client did not finish sending its body in time (slow-loris); answered 408."""
-
-    status = 408
-    code = "RequestTimeout"
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -231,10 +231,10 @@ class RunTrace:
 
     def _close(self, final: RunEvent | None) -> None:
         now = time.time_ns()
-        for node, (start, node_type) in self._running.items():  # canceled with the run
+        for node, (began, node_type) in self._running.items():  # canceled with the run
             attrs = _node_attributes(node_type)
             attrs.update(_CANCELED_ATTRS)
-            self._node(node, node_type, "canceled", attrs, _ns(start), now)
+            self._node(node, node_type, "canceled", attrs, _ns(began), now)
         self._running.clear()
         attrs = self._attributes
         if isinstance(final, RunFinished):
