@@ -36,7 +36,7 @@ from bench.procs import EXAMPLES, HOST, Pinning, ServerProc, Servers
 TOKEN = "soak-token"
 GROWTH = 0.10  # allowed growth of the last quarter over the second quarter
 IDLE_FD_SLACK = 5
-KEEPALIVE = 5.0  # httpx's keep-alive expiry and uvicorn's timeout_keep_alive
+KEEPALIVE = 5.0  # httpx's default keep-alive expiry (the openai SDK's too)
 
 
 @dataclass
@@ -172,12 +172,13 @@ async def load(server: ServerProc, args: argparse.Namespace) -> Result:
     await warm_up(server, question)
     before = await idle_fds(server)
     counters = Counters()
-    # keep-alive expiry under uvicorn's 5 s: a pooled connection that the server is closing just
-    # as it is reused would otherwise fail now and then (ReadError), a client-side artefact
+    # httpx's default expiry: under flowhost's keep-alive timeout (75 s) the client closes an
+    # idle connection first. (With uvicorn's 5 s, even a 3 s expiry here saw ~0.05% of the
+    # streams fail unsent, ReadError, on a connection the server had just closed.)
     limits = httpx.Limits(
         max_connections=args.streams + 8,
         max_keepalive_connections=args.streams,
-        keepalive_expiry=KEEPALIVE - 2,
+        keepalive_expiry=KEEPALIVE,
     )
     headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "text/event-stream"}
     timeout = httpx.Timeout(60.0, connect=10.0)
@@ -193,8 +194,8 @@ async def load(server: ServerProc, args: argparse.Namespace) -> Result:
         samples = await sampler(server, started, until, args.interval, counters)
         await asyncio.wait_for(asyncio.gather(*clients), timeout=120)
     # Idle again: flowhost's pooled upstream connections are closed once they have been idle
-    # for httpx's keep-alive expiry (5 s) and the pool is used again; uvicorn drops idle client
-    # connections after its own 5 s. So: wait that long, run the warm-up again, then count.
+    # for their keep-alive expiry (4 s) and the pool is used again; the clients' connections
+    # closed with their pool. So: wait that long, run the warm-up again, then count.
     await asyncio.sleep(KEEPALIVE + 1)
     if server.proc.poll() is None:
         await warm_up(server, question)

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         le=3600,
         description="seconds a request's headers may take from its first byte (408)",
     )
+    keep_alive_timeout: int = Field(
+        75,
+        ge=1,
+        le=3600,
+        description="seconds an idle kept-alive connection stays open (longer than clients' "
+        "and proxies' own idle limits, so that they close it first)",
+    )
     node_timeout: float = Field(600.0, gt=0)
     data_dir: Path = Path(".flowhost")
     database_url: SecretStr | None = None

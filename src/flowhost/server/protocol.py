@@ -13,9 +13,9 @@ header forever (200 MB of it grew a server to 305 MB) or open connections and se
 
 A request whose whole body has arrived is marked in its scope (``BODY_COMPLETE``): the body
 deadline of ``RequestContextMiddleware`` need not watch its receives. Between requests of a
-kept-alive connection, uvicorn's own keep-alive timeout applies. The limits come from
-``ServerConfig`` (``uvicorn.Config`` with two more settings): worker processes get the
-config as uvicorn pickles it to them.
+kept-alive connection, uvicorn's keep-alive timeout applies (``keep_alive_timeout``). The
+limits come from ``ServerConfig`` (``uvicorn.Config`` with two more settings): worker processes
+get the config as uvicorn pickles it to them.
 
 uvicorn is given the connection's transport as a ``CorkedTransport``
 (``flowhost.server.transport``): a response's head leaves with its body, in one system call.
