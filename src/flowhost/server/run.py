@@ -123,10 +123,11 @@ def serve(settings: Settings) -> None:
         "log_config": log_config(settings.log_level, settings.log_format),
         "access_log": settings.access_log,
         "timeout_graceful_shutdown": settings.graceful_timeout,
-        # uvicorn's 5 s equals httpx's own idle limit (the openai SDK's): a pooled connection
-        # was closed by the server as the client sent a request on it, which failed unsent
-        # (ReadError, ~0.05% of `make soak`'s streams). Longer than clients' and proxies'
-        # limits, the client side always closes first.
+        # not uvicorn's 5 s, which is no longer than clients' own idle limits (httpx's and the
+        # openai SDK's 5 s): pooled connections were closed as clients sent requests on them,
+        # which failed unsent (ReadError: ~0.05% of `make soak`'s streams, with its client
+        # expiring idle connections at 3 s). Longer than clients' and proxies' limits, the
+        # client side closes first (README, "Idle connections").
         "timeout_keep_alive": settings.keep_alive_timeout,
         "max_header_bytes": settings.max_header_bytes,  # see flowhost.server.protocol
         "header_timeout": settings.header_timeout,
