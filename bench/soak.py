@@ -195,7 +195,8 @@ async def load(server: ServerProc, args: argparse.Namespace) -> Result:
         await asyncio.wait_for(asyncio.gather(*clients), timeout=120)
     # Idle again: flowhost's pooled upstream connections are closed once they have been idle
     # for their keep-alive expiry (4 s) and the pool is used again; the clients' connections
-    # closed with their pool. So: wait that long, run the warm-up again, then count.
+    # closed with their pool. So: wait past that (KEEPALIVE + 1 s), run the warm-up again,
+    # then count.
     await asyncio.sleep(KEEPALIVE + 1)
     if server.proc.poll() is None:
         await warm_up(server, question)

@@ -1,4 +1,4 @@
-"""Idle kept-alive connections (``keep_alive_timeout``; README, "Configuration"): the server keeps
+"""Idle kept-alive connections (``keep_alive_timeout``; README, "Idle connections"): the server keeps
 one open longer than clients keep theirs (httpx's pool, the openai SDK's: 5 s), so the client side
 closes it first. A server closing first races a request the client sends on the connection at
 that moment: the request fails unsent (ReadError), and a POST is not retried."""
